@@ -1,0 +1,18 @@
+"""fisherlab: the mathematics and the training loop of "Catastrophic Fisher Explosion:
+Early Phase Fisher Matrix Impacts Generalization" (Jastrzebski et al., ICML 2021)."""
+
+from .curvature import (
+    HutchinsonEstimate,
+    eval_mode,
+    gradient_cosine,
+    mean_gradient,
+    mean_gradient_sq_norm,
+    sample_labels,
+    trace_fisher,
+    trace_fisher_batch,
+    trace_hessian,
+)
+from .models import MODELS, build_model, register
+from .per_example import per_example_grad_sq_norms
+
+__version__ = "0.1.0"

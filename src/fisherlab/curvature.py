@@ -1,0 +1,237 @@
+"""Curvature measurements: Tr(F) (Eq. 2), Tr(F_B) (Supplement C), Tr(H) (Supplement B),
+and the gradient statistics of example subsets used in the memorisation analysis
+(Section 4.1, Supplement H, Fig. 12).
+
+All measurements run with the model in eval mode (BatchNorm uses its running
+statistics, Supplement I.2) and restore each module's mode afterwards. None of them
+changes the parameters, the buffers or the ``.grad`` fields; given a generator or a
+seed, none touches the global random state either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .per_example import Strategy, chunk_sq_norms
+
+GeneratorLike = torch.Generator | int | None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module in eval mode, then restore each module's own flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _generator(gen: GeneratorLike, device: torch.device) -> torch.Generator | None:
+    if isinstance(gen, int):
+        return torch.Generator(device=device).manual_seed(gen)
+    return gen
+
+
+def sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """yhat_i ~ p(y|x_i) = softmax(logits_i), with no gradient through the sampling."""
+    probs = logits.detach().softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _trainable(model: nn.Module) -> list[Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def trace_fisher(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    generator: GeneratorLike = None,
+    exact: bool = False,
+    chunk_size: int = 128,
+    method: Literal["auto", "func"] = "auto",
+    strategy: Strategy = "auto",
+    return_per_example: bool = False,
+) -> float | Tensor:
+    """Trace of the Fisher information matrix over the N given examples (Eq. 2):
+
+        Tr(F) = E_{x ~ inputs, yhat ~ p(y|x)} ||d loss(x, yhat) / d theta||^2 ,
+
+    with the labels sampled from the model's own predictive distribution, not taken from
+    the data. The result is the mean over the examples of exact per-example squared
+    gradient norms (no mini-batch approximation), computed layer by layer
+    (:mod:`fisherlab.per_example`) ``chunk_size`` examples at a time.
+
+    Args:
+        model: a classifier returning logits; measured in eval mode.
+        inputs: (N, ...) examples.
+        generator: a ``torch.Generator`` on the inputs' device, or an int seed, for
+            reproducible labels; None uses the global RNG.
+        exact: enumerate every label y weighted by p(y|x) instead of sampling one
+            (C backward passes per chunk): the expectation over yhat without noise.
+        chunk_size: examples per forward/backward pass; bounds the memory.
+        method: "auto" (per-layer closed forms) or "func" (``torch.func`` vmap(grad)).
+        strategy: per-layer choice, "auto", or force "ghost" / "materialise".
+        return_per_example: return the (N,) per-example values instead of their mean.
+
+    Example:
+        >>> tr = trace_fisher(model, x_fixed, generator=0)
+    """
+    gen = _generator(generator, inputs.device)
+
+    def label_fn(logits: Tensor):
+        if not exact:
+            return [(sample_labels(logits, gen), None)]
+        probs = logits.softmax(-1)
+        return [
+            (torch.full_like(probs[:, 0], c, dtype=torch.long), probs[:, c])
+            for c in range(probs.shape[1])
+        ]
+
+    with eval_mode(model):
+        per = torch.cat(
+            [
+                chunk_sq_norms(model, xc, label_fn, method=method, strategy=strategy)
+                for xc in inputs.split(chunk_size)
+            ]
+        )
+    return per if return_per_example else per.mean().item()
+
+
+def _grad_sq_norm(model: nn.Module, loss: Tensor) -> float:
+    grads = torch.autograd.grad(loss, _trainable(model))
+    return sum(g.pow(2).sum() for g in grads).item()
+
+
+def trace_fisher_batch(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    batch_size: int | None = None,
+    generator: GeneratorLike = None,
+) -> float:
+    """Tr(F_B) = || (1/B) sum_i g(x_i, yhat_i) ||^2, yhat_i ~ p(y|x_i) (Supplement C, Eq. 5).
+
+    The squared norm of the mini-batch gradient with labels sampled from the model: the
+    quantity the Fisher penalty (Eq. 3) penalises. With ``batch_size`` set, ``inputs``
+    is cut into consecutive batches of that size (a short last batch is dropped unless
+    it is the only one) and the mean of Tr(F_B) over the batches is returned; by
+    default the whole of ``inputs`` is one batch. Measured in eval mode.
+    """
+    gen = _generator(generator, inputs.device)
+    batches = list(inputs.split(batch_size or len(inputs)))
+    if len(batches) > 1 and len(batches[-1]) < len(batches[0]):
+        batches.pop()
+    values = []
+    with eval_mode(model), torch.enable_grad():
+        for xb in batches:
+            logits = model(xb)
+            loss = F.cross_entropy(logits, sample_labels(logits, gen))
+            values.append(_grad_sq_norm(model, loss))
+    return sum(values) / len(values)
+
+
+class HutchinsonEstimate(NamedTuple):
+    """A Monte-Carlo estimate and its standard error (std over probes / sqrt(M))."""
+
+    estimate: float
+    stderr: float
+
+
+def _probe(like: list[Tensor], seed: int, distribution: str) -> list[Tensor]:
+    gen = torch.Generator(device=like[0].device).manual_seed(seed)
+    if distribution == "rademacher":
+        return [
+            torch.randint(0, 2, p.shape, generator=gen, device=p.device).to(p.dtype) * 2 - 1
+            for p in like
+        ]
+    return [torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype) for p in like]
+
+
+def trace_hessian(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    num_probes: int = 30,
+    distribution: Literal["rademacher", "gaussian"] = "rademacher",
+    generator: GeneratorLike = None,
+    chunk_size: int = 256,
+) -> HutchinsonEstimate:
+    """Hutchinson's estimator of the trace of the Hessian (Supplement B):
+
+        Tr(H) = E_z[z^T H z] ~= (1/M) sum_{m=1}^{M} z_m^T H z_m ,
+
+    where H is the Hessian of the mean cross-entropy loss over the given examples with
+    their true labels, and z_m are Rademacher (default) or standard Gaussian probes. The
+    paper uses M = 30. Each H z_m is a double-backprop Hessian-vector product; the
+    gradient is computed once per chunk and reused for all probes. The data are
+    processed ``chunk_size`` examples at a time, with the same probes in every chunk.
+
+    Returns ``HutchinsonEstimate(estimate, stderr)``.
+    """
+    if num_probes < 1:
+        raise ValueError("num_probes must be >= 1")
+    if distribution not in ("rademacher", "gaussian"):
+        raise ValueError(f"unknown probe distribution {distribution!r}")
+    gen = _generator(generator, torch.device("cpu")) or torch.default_generator
+    seeds = torch.randint(0, 2**62, (num_probes,), generator=gen, device=gen.device).tolist()
+    params = _trainable(model)
+    quad = torch.zeros(num_probes, dtype=torch.float64)
+    n = len(inputs)
+    with eval_mode(model), torch.enable_grad():
+        for xc, yc in zip(inputs.split(chunk_size), targets.split(chunk_size)):
+            loss = F.cross_entropy(model(xc), yc, reduction="sum") / n
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            for m, seed in enumerate(seeds):
+                z = _probe(params, seed, distribution)
+                hz = torch.autograd.grad(grads, params, grad_outputs=z, retain_graph=True)
+                quad[m] += sum((zi * hi).sum() for zi, hi in zip(z, hz)).item()
+    stderr = quad.std().item() / math.sqrt(num_probes) if num_probes > 1 else float("nan")
+    return HutchinsonEstimate(quad.mean().item(), stderr)
+
+
+def mean_gradient(
+    model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int = 256
+) -> Tensor:
+    """The mean gradient over a subset, (1/|S|) sum_{i in S} g(x_i, y_i), as one flat
+    vector (true labels; eval mode). Used for the clean/noisy analysis (Fig. 12)."""
+    params = _trainable(model)
+    total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype,
+                        device=params[0].device)
+    with eval_mode(model), torch.enable_grad():
+        for xc, yc in zip(inputs.split(chunk_size), targets.split(chunk_size)):
+            loss = F.cross_entropy(model(xc), yc, reduction="sum") / len(inputs)
+            total += torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    return total
+
+
+def mean_gradient_sq_norm(
+    model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int = 256
+) -> float:
+    """|| (1/|S|) sum_{i in S} g(x_i, y_i) ||^2 over a subset S (for example the examples
+    with noisy labels, Section 4.1)."""
+    return mean_gradient(model, inputs, targets, chunk_size=chunk_size).pow(2).sum().item()
+
+
+def gradient_cosine(
+    model: nn.Module,
+    subset_a: tuple[Tensor, Tensor],
+    subset_b: tuple[Tensor, Tensor],
+    *,
+    chunk_size: int = 256,
+) -> float:
+    """cos(g_A, g_B) between the mean gradients of two subsets, each given as
+    (inputs, targets): for example the clean and the noisy examples (Fig. 12)."""
+    ga = mean_gradient(model, *subset_a, chunk_size=chunk_size)
+    gb = mean_gradient(model, *subset_b, chunk_size=chunk_size)
+    return F.cosine_similarity(ga, gb, dim=0).item()

@@ -1,0 +1,18 @@
+"""Data: the canonical ``.npz`` format, synthetic data, validation split and on-device loading."""
+
+from fisherlab.data.format import DatasetFormatError, ImageDataset, load_dataset, save_dataset
+from fisherlab.data.loader import DeviceData, augment_batch, channel_stats
+from fisherlab.data.split import split_validation
+from fisherlab.data.synthetic import make_synthetic
+
+__all__ = [
+    "DatasetFormatError",
+    "DeviceData",
+    "ImageDataset",
+    "augment_batch",
+    "channel_stats",
+    "load_dataset",
+    "make_synthetic",
+    "save_dataset",
+    "split_validation",
+]

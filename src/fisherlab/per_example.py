@@ -1,0 +1,293 @@
+"""Per-example squared gradient norms ||g(x_i, y_i)||^2, computed layer by layer.
+
+This is the engine behind :func:`fisherlab.trace_fisher` (Eq. 2). The parameters of a
+network split into disjoint layers, so for every example
+
+    ||g(x_i, y_i)||^2 = sum over layers l of ||g_l(x_i, y_i)||^2 .
+
+One forward pass records each layer's input ``a``; one backward pass of the summed
+per-example losses gives each layer's output gradient ``delta`` (and no parameter
+gradient at all, which saves the weight-gradient work of an ordinary backward). A
+layer's per-example gradient is then a contraction of ``a`` and ``delta`` over its
+``T`` positions (the spatial positions of a convolution, 1 for a dense layer):
+
+    G_i = sum_t delta_{i,t} a_{i,t}^T .
+
+Two ways give ||G_i||^2, and each layer takes the cheaper one:
+
+- *materialise*: build G_i (O x D numbers per example), cost ~ T*D*O;
+- *ghost norm* (Goodfellow 2015; Li et al. 2022):
+  ||G_i||^2 = sum_{t,s} (a_t . a_s)(delta_t . delta_s), cost ~ T^2*(D+O), and it never
+  builds G_i.
+
+Layers handled in closed form: ``nn.Linear``, ``nn.Conv2d`` (any stride, padding,
+dilation and groups, zero padding) and the affine parameters of BatchNorm in eval mode.
+Any other module with its own parameters gets a per-example vector-Jacobian product
+through ``torch.func`` on that module alone. A model that shares a parameter between
+modules, calls a parameterised module twice, or modifies a layer output in place is
+handled whole by ``torch.func`` (``vmap(grad)``), which is always correct.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+Strategy = Literal["auto", "ghost", "materialise"]
+LabelSets = Sequence[tuple[Tensor, Tensor | None]]
+"""A list of (labels (B,), weights (B,) or None): the per-example norms are summed over
+the list, each weighted per example."""
+
+
+@dataclass
+class _Call:
+    """What one parameterised module saw in the forward pass."""
+
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    output: Tensor
+    version: int
+
+
+@dataclass
+class _Recorder:
+    modules: list[nn.Module]
+    calls: list[_Call] = field(default_factory=list)
+    handles: list = field(default_factory=list)
+    usable: bool = True  # False: some layer cannot be decomposed; use torch.func
+
+    def hook(self, module, args, kwargs, output):
+        if not isinstance(output, Tensor) or any(c.module is module for c in self.calls):
+            self.usable = False
+            return
+        self.calls.append(_Call(module, args, kwargs, output, output._version))
+
+
+def parameterised_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules that own trainable parameters directly (``recurse=False``)."""
+    return [
+        m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+
+
+def _has_shared_parameters(modules: list[nn.Module]) -> bool:
+    ids = [id(p) for m in modules for p in m.parameters(recurse=False) if p.requires_grad]
+    return len(ids) != len(set(ids))
+
+
+@contextlib.contextmanager
+def _recording(model: nn.Module) -> Iterator[_Recorder]:
+    rec = _Recorder(parameterised_modules(model))
+    rec.usable = not _has_shared_parameters(rec.modules)
+    try:
+        for m in rec.modules:
+            rec.handles.append(m.register_forward_hook(rec.hook, with_kwargs=True))
+        yield rec
+    finally:
+        for h in rec.handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _choose(strategy: Strategy, T: int, D: int, O: int) -> Strategy:
+    """Ghost norm costs ~T^2 (D + O) per example, materialising ~T D O: take the cheaper."""
+    if strategy != "auto":
+        return strategy
+    return "ghost" if T * (D + O) < D * O else "materialise"
+
+
+def _ghost_sq_norms(a: Tensor, d: Tensor) -> Tensor:
+    """sum_{t,s} (a_t . a_s)(d_t . d_s) per example; a: (B, T, D), d: (B, T, O) -> (B,)."""
+    if a.shape[1] == 1:
+        return a.pow(2).sum((1, 2)) * d.pow(2).sum((1, 2))
+    return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(d, d.transpose(1, 2))).sum((1, 2))
+
+
+def _linear_sq_norms(m: nn.Linear, a: Tensor, d: Tensor, strategy: Strategy) -> Tensor:
+    B = a.shape[0]
+    a = a.reshape(B, -1, a.shape[-1])
+    d = d.reshape(B, -1, d.shape[-1])
+    sq = 0.0
+    if m.weight.requires_grad:
+        if _choose(strategy, a.shape[1], a.shape[2], d.shape[2]) == "ghost":
+            sq = _ghost_sq_norms(a, d)
+        else:
+            sq = torch.bmm(d.transpose(1, 2), a).pow(2).sum((1, 2))
+    if m.bias is not None and m.bias.requires_grad:
+        sq = sq + d.sum(1).pow(2).sum(1)
+    return sq
+
+
+def _conv2d_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor, strategy: Strategy) -> Tensor:
+    B, G = a.shape[0], m.groups
+    sq = 0.0
+    if m.weight.requires_grad:
+        T, (O, D) = d.shape[2] * d.shape[3], (m.out_channels // G, m.weight[0].numel())
+        if _choose(strategy, T, D, O) == "ghost":
+            u = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, G*D, T)
+            u = u.reshape(B * G, D, T).transpose(1, 2)
+            dg = d.reshape(B * G, O, T).transpose(1, 2)
+            sq = _ghost_sq_norms(u, dg).reshape(B, G).sum(1)
+        else:  # the per-example weight gradients as one convolution with B*G groups
+            w = torch.nn.grad.conv2d_weight(
+                a.reshape(1, -1, *a.shape[2:]), (B * m.out_channels, *m.weight.shape[1:]),
+                d.reshape(1, -1, *d.shape[2:]), m.stride, m.padding, m.dilation, B * G,
+            )  # fmt: skip
+            sq = w.reshape(B, -1).pow(2).sum(1)
+    if m.bias is not None and m.bias.requires_grad:
+        sq = sq + d.sum((2, 3)).pow(2).sum(1)
+    return sq
+
+
+def _batchnorm_sq_norms(m: nn.modules.batchnorm._BatchNorm, a: Tensor, d: Tensor) -> Tensor:
+    if m.training or m.running_mean is None:
+        raise ValueError(
+            f"{type(m).__name__} uses batch statistics, so per-example gradients are not "
+            "defined; measure with the model in eval mode and running statistics "
+            "(Supplement I.2)"
+        )
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    xhat = (a - m.running_mean.view(shape)) * torch.rsqrt(m.running_var.view(shape) + m.eps)
+    dims = tuple(range(2, a.dim()))
+    sq = 0.0
+    if m.weight is not None and m.weight.requires_grad:
+        sq = sq + (d * xhat).sum(dims).pow(2).sum(1)
+    if m.bias is not None and m.bias.requires_grad:
+        sq = sq + d.sum(dims).pow(2).sum(1)
+    return sq
+
+
+def _generic_sq_norms(m: nn.Module, args: tuple, kwargs: dict, d: Tensor) -> Tensor:
+    """Per-example vector-Jacobian product on one module, through torch.func."""
+    params = {n: p.detach() for n, p in m.named_parameters(recurse=False) if p.requires_grad}
+    pos = [i for i, x in enumerate(args) if isinstance(x, Tensor)]
+
+    def inner(p, d_i, *xs):
+        full = list(args)
+        for i, x in zip(pos, xs):
+            full[i] = x.unsqueeze(0)
+        out = functional_call(m, p, tuple(full), kwargs, strict=False)
+        return (out * d_i.unsqueeze(0)).sum()
+
+    xs = [args[i].detach() for i in pos]
+    per = vmap(grad(inner), in_dims=(None, 0, *[0] * len(xs)))(params, d, *xs)
+    return sum(v.reshape(v.shape[0], -1).pow(2).sum(1) for v in per.values())
+
+
+def _layer_sq_norms(call: _Call, d: Tensor, strategy: Strategy) -> Tensor:
+    m, a = call.module, call.args[0] if call.args else None
+    own = {n for n, _ in m.named_parameters(recurse=False)}
+    if isinstance(m, nn.Linear) and own <= {"weight", "bias"}:
+        return _linear_sq_norms(m, a.detach(), d, strategy)
+    if (
+        isinstance(m, nn.Conv2d)
+        and m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+        and own <= {"weight", "bias"}
+    ):
+        return _conv2d_sq_norms(m, a.detach(), d, strategy)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm) and own <= {"weight", "bias"}:
+        return _batchnorm_sq_norms(m, a.detach(), d)
+    return _generic_sq_norms(m, call.args, call.kwargs, d)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _per_layer_sq_norms(
+    model: nn.Module, x: Tensor, label_fn: Callable[[Tensor], LabelSets], strategy: Strategy
+) -> Tensor | None:
+    """One forward, one backward per label set; None if the model is not decomposable."""
+    with _recording(model) as rec:
+        logits = model(x)
+    if not rec.usable or any(c.output._version != c.version for c in rec.calls):
+        return None
+    outputs = [c.output for c in rec.calls]
+    label_sets = label_fn(logits.detach())
+    total = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device)
+    for k, (y, w) in enumerate(label_sets):
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        last = k == len(label_sets) - 1
+        deltas = torch.autograd.grad(loss, outputs, retain_graph=not last, allow_unused=True)
+        sq = sum(
+            _layer_sq_norms(c, dl.detach(), strategy)
+            for c, dl in zip(rec.calls, deltas)
+            if dl is not None
+        )
+        total += sq if w is None else w * sq
+    return total
+
+
+def _func_sq_norms(
+    model: nn.Module, x: Tensor, label_fn: Callable[[Tensor], LabelSets]
+) -> Tensor:
+    """The always-correct path: vmap(grad) over the whole model (torch.func)."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def loss_i(p, x_i, y_i):
+        out = functional_call(model, (p, buffers), (x_i.unsqueeze(0),))
+        return F.cross_entropy(out, y_i.unsqueeze(0), reduction="sum")
+
+    with torch.no_grad():
+        logits = model(x)
+    total = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device)
+    for y, w in label_fn(logits):
+        per = vmap(grad(loss_i), in_dims=(None, 0, 0))(params, x, y)
+        sq = sum(v.reshape(v.shape[0], -1).pow(2).sum(1) for v in per.values())
+        total += sq if w is None else w * sq
+    return total
+
+
+def chunk_sq_norms(
+    model: nn.Module,
+    x: Tensor,
+    label_fn: Callable[[Tensor], LabelSets],
+    *,
+    method: Literal["auto", "func"] = "auto",
+    strategy: Strategy = "auto",
+) -> Tensor:
+    """sum_k w_k * ||g(x_i, y_k,i)||^2 for one chunk, over the label sets from ``label_fn``.
+
+    ``label_fn`` receives the detached logits of the chunk, so labels can be sampled
+    from p(y|x) (Eq. 2) or enumerated with weights p(y|x).
+    """
+    with torch.enable_grad():
+        if method == "auto":
+            sq = _per_layer_sq_norms(model, x, label_fn, strategy)
+            if sq is not None:
+                return sq.detach()
+        return _func_sq_norms(model, x, label_fn).detach()
+
+
+def per_example_grad_sq_norms(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    chunk_size: int = 128,
+    method: Literal["auto", "func"] = "auto",
+    strategy: Strategy = "auto",
+) -> Tensor:
+    """||g(x_i, y_i)||^2 for each example, with g the gradient of the cross-entropy loss.
+
+    Computed layer by layer (ghost norm or materialised per-example gradients, whichever
+    is cheaper per layer), ``chunk_size`` examples at a time. The model's train/eval
+    mode is used as it is; per-example gradients need BatchNorm in eval mode.
+
+    Returns a (N,) tensor.
+    """
+    out = [
+        chunk_sq_norms(model, xc, lambda _l, yc=yc: [(yc, None)], method=method, strategy=strategy)
+        for xc, yc in zip(inputs.split(chunk_size), targets.split(chunk_size))
+    ]
+    return torch.cat(out)
