@@ -16,3 +16,19 @@ from .models import MODELS, build_model, register
 from .per_example import per_example_grad_sq_norms
 
 __version__ = "0.1.0"
+from .penalties import (
+    REGULARIZERS,
+    FisherPenalty,
+    FisherPenaltyExact,
+    GradientNormPenalty,
+    GradientPenalty,
+    InputGradientPenalty,
+    Mixup,
+    NoRegularizer,
+    RandomLabelGradientPenalty,
+    Regularizer,
+    StepOutput,
+    build_regularizer,
+)
+from .schedule import every_n_epochs, multistep_lr
+from .trainer import TrainConfig, TrainData, TrainResult, evaluate, train

@@ -1,0 +1,311 @@
+"""The regularizers of the paper, one small class each, behind one interface.
+
+Every regularizer does the backward pass of one training step:
+
+    out = reg.backward(model, x, y, step=step, epoch=epoch)   # fills p.grad
+    optimizer.step()
+
+and returns a :class:`StepOutput`. Before ``start_epoch`` each one is plain
+cross-entropy training (Fig. 3 switches the Fisher penalty on from a given epoch).
+
+The gradient-norm penalties add ``alpha * ||v||^2`` to the mini-batch loss, where ``v``
+is a gradient computed with ``create_graph=True``; the penalty's gradient is then the
+double-backprop Hessian-vector product ``2 alpha H v``. As the paper prescribes for FP
+(Section 2, after Eq. 3), it is recomputed every ``every`` steps and the most recently
+computed one is added in between. The penalty shares the step's forward pass: one set
+of logits serves the loss with the true labels and the penalised gradient.
+
+===========  =================================================================  =====
+name         penalty                                                            paper
+===========  =================================================================  =====
+``none``     0                                                                  -
+``fp``       alpha ||(1/B) sum_i g(x_i, yhat_i)||^2,  yhat_i ~ p(y|x_i)          Eq. 3
+``fp_exact`` alpha ||g(x_1, yhat_1)||^2 (first example), every step             Eq. 6
+``gp``       alpha ||(1/B) sum_i g(x_i, y_i)||^2 (true labels)                  Sec. 4
+``gpx``      alpha ||d/dx (1/B) sum_i loss(x_i, y_i)||^2 (input gradient)       Sec. 4
+``gpr``      alpha ||(1/B) sum_i g(x_i, u_i)||^2,  u_i ~ Uniform(labels)        Sec. 4
+``mixup``    mixup of inputs and labels with lambda ~ Beta(beta, beta)           I.3
+===========  =================================================================  =====
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .curvature import sample_labels
+
+
+@dataclass
+class StepOutput:
+    """What one step's backward pass saw. Tensors are detached and stay on the device."""
+
+    loss: Tensor  # the mini-batch cross-entropy (the data term), a scalar
+    logits: Tensor  # (B, C)
+    penalty: Tensor | None = None  # ||v||^2 (without alpha) when recomputed this step
+
+
+def _trainable(model: nn.Module) -> list[Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _graph_grad(loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor, ...]:
+    """d loss / d inputs, differentiable again (create_graph), zeros where unused."""
+    return torch.autograd.grad(loss, inputs, create_graph=True, materialize_grads=True)
+
+
+def _accumulate(params: list[Tensor], grads) -> None:
+    for p, g in zip(params, grads):
+        if g is None:
+            continue
+        if p.grad is None:
+            p.grad = g.detach().clone()
+        else:
+            p.grad.add_(g)
+
+
+class Regularizer:
+    """The shared interface. Subclasses override :meth:`_active_backward`."""
+
+    name = "none"
+
+    def __init__(self, start_epoch: int = 0, seed: int = 0):
+        if start_epoch < 0:
+            raise ValueError(f"start_epoch must be >= 0, got {start_epoch}")
+        self.start_epoch = start_epoch
+        self.seed = seed
+
+    def backward(self, model: nn.Module, x: Tensor, y: Tensor, *, step: int, epoch: int) -> StepOutput:
+        """Accumulate the gradient of (loss + penalty) into ``p.grad`` of every parameter."""
+        if epoch < self.start_epoch:
+            return plain_backward(model, x, y)
+        return self._active_backward(model, x, y, step)
+
+    def _active_backward(self, model, x, y, step) -> StepOutput:
+        return plain_backward(model, x, y)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-identically (RNG states, cached gradients)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class NoRegularizer(Regularizer):
+    """Plain cross-entropy training: no penalty."""
+
+
+def plain_backward(model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    return StepOutput(loss.detach(), logits.detach())
+
+
+class _LazyGenerator:
+    """A torch.Generator created on first use on the data's device, with a saved state."""
+
+    def __init__(self, seed: int):
+        self.seed, self.gen, self._pending = seed, None, None
+
+    def get(self, device: torch.device) -> torch.Generator:
+        if self.gen is None:
+            self.gen = torch.Generator(device=device).manual_seed(self.seed)
+            if self._pending is not None:
+                self.gen.set_state(self._pending)
+        return self.gen
+
+    def state(self):
+        return self.gen.get_state() if self.gen is not None else self._pending
+
+    def load(self, state) -> None:
+        self._pending, self.gen = state, None
+
+
+class GradientNormPenalty(Regularizer):
+    """alpha * ||v||^2 for a gradient ``v`` (see the subclasses), with the penalty's
+    gradient 2 alpha H v recomputed every ``every`` steps and reused in between."""
+
+    def __init__(self, alpha: float, every: int = 10, start_epoch: int = 0, seed: int = 0):
+        super().__init__(start_epoch, seed)
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.alpha, self.every = float(alpha), int(every)
+        self._cache: list[Tensor] | None = None  # the most recent penalty gradient
+        self._age = 0  # steps since it was computed
+        self._rng = _LazyGenerator(seed)
+
+    def penalised_gradient(
+        self, model: nn.Module, params: list[Tensor], x: Tensor, y: Tensor, logits: Tensor, loss: Tensor
+    ) -> tuple[list[Tensor], list[Tensor] | None]:
+        """Return ``v`` (with graph) and, when it comes for free, the gradient of ``loss``."""
+        raise NotImplementedError
+
+    def needs_input_grad(self) -> bool:
+        return False
+
+    def _active_backward(self, model, x, y, step) -> StepOutput:
+        params = _trainable(model)
+        if self._cache is not None and self._age < self.every:
+            out = plain_backward(model, x, y)
+            _accumulate(params, self._cache)
+            self._age += 1
+            return out
+        if self.needs_input_grad():
+            x = x.detach().requires_grad_(True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        v, grad_loss = self.penalised_gradient(model, params, x, y, logits, loss)
+        penalty = sum(vi.pow(2).sum() for vi in v)
+        grad_pen = torch.autograd.grad(
+            self.alpha * penalty, params, retain_graph=grad_loss is None, allow_unused=True
+        )
+        if grad_loss is None:
+            grad_loss = torch.autograd.grad(loss, params, allow_unused=True)
+        self._cache = [
+            torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grad_pen)
+        ]
+        self._age = 1
+        _accumulate(params, grad_loss)
+        _accumulate(params, self._cache)
+        return StepOutput(loss.detach(), logits.detach(), penalty.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cache": self._cache, "age": self._age, "rng": self._rng.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._cache, self._age = state["cache"], state["age"]
+        self._rng.load(state["rng"])
+
+
+class FisherPenalty(GradientNormPenalty):
+    """FP (Eq. 3): alpha * Tr(F_B) = alpha * || (1/B) sum_i g(x_i, yhat_i) ||^2, with
+    yhat_i ~ p(y|x_i) sampled from the model and no gradient through the sampling.
+    ``every=1`` is the f = 1 variant of Fig. 16."""
+
+    name = "fp"
+
+    def penalised_gradient(self, model, params, x, y, logits, loss):
+        yhat = sample_labels(logits, self._rng.get(logits.device))
+        return _graph_grad(F.cross_entropy(logits, yhat), params), None
+
+
+class FisherPenaltyExact(GradientNormPenalty):
+    """FP without the mini-batch approximation (Eq. 6, Supplement C):
+    alpha * ||g(x_1, yhat_1)||^2 on the first example of the batch, every step."""
+
+    name = "fp_exact"
+
+    def __init__(self, alpha: float, start_epoch: int = 0, seed: int = 0):
+        super().__init__(alpha, every=1, start_epoch=start_epoch, seed=seed)
+
+    def penalised_gradient(self, model, params, x, y, logits, loss):
+        yhat = sample_labels(logits[:1], self._rng.get(logits.device))
+        loss_1 = F.cross_entropy(logits[:1], yhat, reduction="sum")
+        return _graph_grad(loss_1, params), None
+
+
+class GradientPenalty(GradientNormPenalty):
+    """GP: alpha * || (1/B) sum_i g(x_i, y_i) ||^2, the mini-batch gradient with the true
+    labels (Section 4; Barrett & Dherin 2021)."""
+
+    name = "gp"
+
+    def penalised_gradient(self, model, params, x, y, logits, loss):
+        g = _graph_grad(loss, params)
+        return g, [gi.detach() for gi in g]
+
+
+class RandomLabelGradientPenalty(GradientNormPenalty):
+    """GPr: GP with labels u_i drawn uniformly from the label set (Section 4)."""
+
+    name = "gpr"
+
+    def penalised_gradient(self, model, params, x, y, logits, loss):
+        u = torch.randint(
+            0, logits.shape[1], y.shape, generator=self._rng.get(y.device), device=y.device
+        )
+        return _graph_grad(F.cross_entropy(logits, u), params), None
+
+
+class InputGradientPenalty(GradientNormPenalty):
+    """GPx: alpha * || d/dx (1/B) sum_i loss(x_i, y_i) ||^2, the squared norm of the
+    gradient of the mini-batch loss with respect to the inputs (Section 4; Varga et al.
+    2018). Being the gradient of the batch mean, it carries a 1/B^2 factor, which is why
+    GPx needs larger alphas (Supplement I.2, I.3)."""
+
+    name = "gpx"
+
+    def needs_input_grad(self) -> bool:
+        return True
+
+    def penalised_gradient(self, model, params, x, y, logits, loss):
+        grads = _graph_grad(loss, [x, *params])
+        return [grads[0]], [g.detach() for g in grads[1:]]
+
+
+class Mixup(Regularizer):
+    """mixup (Zhang et al. 2018), the noisy-label baseline of Section 4.1: train on
+    lambda x_i + (1 - lambda) x_j with loss lambda l(., y_i) + (1 - lambda) l(., y_j),
+    lambda ~ Beta(beta, beta) once per batch and j a random permutation of the batch."""
+
+    name = "mixup"
+
+    def __init__(self, beta: float, start_epoch: int = 0, seed: int = 0):
+        super().__init__(start_epoch, seed)
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.beta = float(beta)
+        self._np = np.random.default_rng(seed)
+        self._rng = _LazyGenerator(seed)
+
+    def _active_backward(self, model, x, y, step) -> StepOutput:
+        lam = float(self._np.beta(self.beta, self.beta))
+        perm = torch.randperm(len(x), generator=self._rng.get(x.device), device=x.device)
+        logits = model(lam * x + (1 - lam) * x[perm])
+        loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+        loss.backward()
+        return StepOutput(loss.detach(), logits.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"np": self._np.bit_generator.state, "rng": self._rng.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._np.bit_generator.state = state["np"]
+        self._rng.load(state["rng"])
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {
+    cls.name: cls
+    for cls in (
+        NoRegularizer,
+        FisherPenalty,
+        FisherPenaltyExact,
+        GradientPenalty,
+        InputGradientPenalty,
+        RandomLabelGradientPenalty,
+        Mixup,
+    )
+}
+
+
+def build_regularizer(name: str, **kwargs) -> Regularizer:
+    """Construct a regularizer by its name in :data:`REGULARIZERS`
+    (``none``, ``fp``, ``fp_exact``, ``gp``, ``gpx``, ``gpr``, ``mixup``)."""
+    try:
+        cls = REGULARIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown regularizer {name!r}; known: {sorted(REGULARIZERS)}") from None
+    return cls(**kwargs)

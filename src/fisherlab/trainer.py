@@ -1,0 +1,317 @@
+"""One training loop for every experiment of the paper (Sections 3-4, Supplement I).
+
+SGD with momentum and weight decay, a multi-step lr schedule, any regularizer of
+:mod:`fisherlab.penalties`, evaluation each epoch (train, val and test loss and
+accuracy), and Tr(F), Tr(F_B) on a fixed, seeded set of N training examples every K
+steps and at the end of each epoch. Seconds per epoch count training only: measurement
+and evaluation are timed apart.
+
+With a ``checkpoint`` path the loop saves its whole state there at the end of each
+epoch (atomically) and, when started again, resumes from it; on the CPU a resumed run
+gives exactly the metrics of an uninterrupted one. A non-finite loss ends the run with
+status ``diverged``; no exception leaves the loop for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import load_checkpoint, save_atomic
+from .curvature import eval_mode, trace_fisher, trace_fisher_batch
+from .data import DeviceData
+from .models import build_model
+from .penalties import build_regularizer
+from .schedule import multistep_lr
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of one run, in one place."""
+
+    model: str = "simple_cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01  # base learning rate
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma
+    gamma: float = 0.1
+    regularizer: str = "none"  # none, fp, fp_exact, gp, gpx, gpr, mixup
+    regularizer_kwargs: dict[str, Any] = field(default_factory=dict)  # alpha, every, beta, start_epoch
+    fisher_examples: int = 512  # N: fixed training examples for Tr(F) and Tr(F_B)
+    fisher_every: int = 0  # K: measure every K steps (0: at the end of each epoch only)
+    fisher_batch_size: int | None = None  # B of Tr(F_B); default: batch_size
+    fisher_chunk: int = 128  # examples per Tr(F) pass (memory bound)
+    eval_batch_size: int = 1000
+    divergence_check_every: int = 20  # steps between (device-syncing) finiteness checks
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        positive = ("epochs", "batch_size", "lr", "fisher_examples", "fisher_chunk",
+                    "eval_batch_size", "divergence_check_every")  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("momentum", "weight_decay", "fisher_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainData:
+    """The splits, each held whole on the training device."""
+
+    train: DeviceData
+    val: DeviceData | None = None
+    test: DeviceData | None = None
+
+
+@dataclass
+class TrainResult:
+    status: str  # "ok" or "diverged"
+    metrics: list[dict[str, float]]  # one row per epoch
+    curvature: list[dict[str, float]]  # one row per measurement
+    summary: dict[str, Any]
+    model: nn.Module
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint holds, besides the config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    regularizer: Any
+    data_rng: torch.Generator
+    steps_per_epoch: int
+    epoch: int = 0  # completed epochs
+    step: int = 0
+    status: str = "running"
+    message: str = ""
+    metrics: list[dict] = field(default_factory=list)
+    curvature: list[dict] = field(default_factory=list)
+
+
+def train(
+    cfg: TrainConfig,
+    data: TrainData,
+    checkpoint: str | Path | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> TrainResult:
+    """Train one run (see the module docstring); resume from ``checkpoint`` if it exists."""
+    st = _restore(cfg, data, checkpoint) or _fresh(cfg, data)
+    probe = _measurement_set(cfg, data.train)
+    if not st.curvature:
+        st.curvature.append(_measure(cfg, st, probe, []))
+    while st.status == "running" and st.epoch < cfg.epochs:
+        _set_lr(st.optimizer, multistep_lr(cfg.lr, st.epoch, cfg.milestones, cfg.gamma))
+        seconds, losses = _train_epoch(cfg, st, data, probe)
+        if st.status == "running":
+            st.metrics.append(_epoch_row(cfg, st, data, seconds, losses))
+            log(_format_row(st.metrics[-1]))
+        st.epoch += 1
+        if st.status == "running" and st.epoch == cfg.epochs:
+            st.status = "ok"
+        if checkpoint is not None:
+            save_atomic(_state_dict(cfg, st), checkpoint)
+    return TrainResult(st.status, st.metrics, st.curvature, summarize(cfg, st), st.model)
+
+
+def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor):
+    """One pass over the training set; returns (seconds, per-step losses)."""
+    model, device = st.model.train(), torch.device(cfg.device)
+    losses, window, measure_s = [], [], 0.0
+    _sync(device)
+    start = time.perf_counter()
+    for x, y in data.train.batches(cfg.batch_size, st.data_rng):
+        st.optimizer.zero_grad(set_to_none=True)
+        out = st.regularizer.backward(model, x, y, step=st.step, epoch=st.epoch)
+        st.optimizer.step()
+        st.step += 1
+        losses.append(out.loss)
+        window.append(out.loss)
+        if st.step % cfg.divergence_check_every == 0 and _diverged(st, losses):
+            break
+        if cfg.fisher_every and st.step % cfg.fisher_every == 0:
+            if _diverged(st, losses):
+                break
+            measure_s += _timed(device, lambda: st.curvature.append(_measure(cfg, st, probe, window)))
+            window = []
+    _sync(device)
+    seconds = time.perf_counter() - start - measure_s
+    if not _diverged(st, losses) and st.curvature[-1]["step"] != st.step:
+        st.curvature.append(_measure(cfg, st, probe, window))
+    return seconds, losses
+
+
+def _diverged(st: _State, losses: list[Tensor]) -> bool:
+    """Check (with one device sync) that the losses and the parameters are finite."""
+    if st.status != "running":
+        return st.status == "diverged"
+    finite = torch.stack([torch.stack(losses).sum()] + [p.sum() for p in st.model.parameters()])
+    if not torch.isfinite(finite).all():
+        st.status = "diverged"
+        st.message = f"non-finite training loss or parameters by step {st.step} (epoch {st.epoch + 1})"
+    return st.status == "diverged"
+
+
+def _measure(cfg: TrainConfig, st: _State, probe: Tensor, window: list[Tensor]) -> dict:
+    """Tr(F) (Eq. 2) and Tr(F_B) (Supplement C) on the fixed examples; labels are drawn
+    from a generator seeded by (seed, step), never from the training RNG."""
+    seed = cfg.seed * 1_000_003 + st.step
+    return {
+        "step": st.step,
+        "epoch": st.step / st.steps_per_epoch,
+        "trace_fisher": trace_fisher(st.model, probe, generator=seed, chunk_size=cfg.fisher_chunk),
+        "trace_fisher_batch": trace_fisher_batch(
+            st.model, probe, batch_size=cfg.fisher_batch_size or cfg.batch_size, generator=seed
+        ),
+        "train_loss_running": torch.stack(window).mean().item() if window else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fresh(cfg: TrainConfig, data: TrainData) -> _State:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=data.train.num_classes, **cfg.model_kwargs)
+    model = model.to(cfg.device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    reg = build_regularizer(cfg.regularizer, seed=cfg.seed + 1, **cfg.regularizer_kwargs)
+    rng = torch.Generator(device=cfg.device).manual_seed(cfg.seed + 2)
+    return _State(model, optimizer, reg, rng, math.ceil(len(data.train) / cfg.batch_size))
+
+
+def _state_dict(cfg: TrainConfig, st: _State) -> dict[str, Any]:
+    return {
+        "config": cfg.to_dict(),
+        "model": st.model.state_dict(),
+        "optimizer": st.optimizer.state_dict(),
+        "regularizer": st.regularizer.state_dict(),
+        "data_rng": st.data_rng.get_state(),
+        "progress": {k: getattr(st, k) for k in ("epoch", "step", "status", "message")},
+        "metrics": st.metrics,
+        "curvature": st.curvature,
+    }
+
+
+def _restore(cfg: TrainConfig, data: TrainData, path: str | Path | None) -> _State | None:
+    ckpt = load_checkpoint(path, map_location=cfg.device) if path is not None else None
+    if ckpt is None:
+        return None
+    if ckpt["config"] != cfg.to_dict():
+        changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != cfg.to_dict().get(k))
+        raise ValueError(
+            f"checkpoint {path} belongs to another configuration (differs in {changed}); "
+            "delete it or use another path"
+        )
+    st = _fresh(cfg, data)
+    st.model.load_state_dict(ckpt["model"])
+    st.optimizer.load_state_dict(ckpt["optimizer"])
+    st.regularizer.load_state_dict(ckpt["regularizer"])
+    st.data_rng.set_state(ckpt["data_rng"].cpu())
+    for k, v in ckpt["progress"].items():
+        setattr(st, k, v)
+    st.metrics, st.curvature = ckpt["metrics"], ckpt["curvature"]
+    return st
+
+
+def _measurement_set(cfg: TrainConfig, train: DeviceData) -> Tensor:
+    """N training examples fixed by the seed, normalised, never augmented."""
+    n = min(cfg.fisher_examples, len(train))
+    idx = np.sort(np.random.default_rng(cfg.seed + 3).choice(len(train), n, replace=False))
+    return train.batch(idx)[0]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: DeviceData, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a whole split, in eval mode, no augmentation."""
+    loss, correct = 0.0, 0
+    with eval_mode(model):
+        for x, y in split.eval_batches(batch_size):
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+    return loss / len(split), correct / len(split)
+
+
+def _epoch_row(cfg, st: _State, data: TrainData, seconds: float, losses: list[Tensor]) -> dict:
+    t0 = time.perf_counter()
+    row = {"epoch": st.epoch + 1, "step": st.step, "lr": st.optimizer.param_groups[0]["lr"]}
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        loss, acc = evaluate(st.model, split, cfg.eval_batch_size) if split else (math.nan,) * 2
+        row[f"{name}_loss"], row[f"{name}_acc"] = loss, acc
+    row["train_loss_running"] = torch.stack(losses).mean().item()
+    row["trace_fisher"] = st.curvature[-1]["trace_fisher"]
+    row["seconds"] = seconds
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row
+
+
+def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
+    """The run's summary: status, final and best accuracies, max Tr(F), seconds/epoch."""
+    last = st.metrics[-1] if st.metrics else {}
+    best = max(st.metrics, key=lambda r: r["val_acc"], default={})
+    if best and math.isnan(best["val_acc"]):
+        best = last
+    fisher = [r["trace_fisher"] for r in st.curvature if math.isfinite(r["trace_fisher"])]
+    return {
+        "status": st.status,
+        "message": st.message,
+        "epochs_completed": len(st.metrics),
+        "steps": st.step,
+        **{f"final_{k}": last.get(k, math.nan) for k in
+           ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss")},
+        "best_epoch": best.get("epoch"),
+        "best_val_acc": best.get("val_acc", math.nan),
+        "test_acc_at_best_val": best.get("test_acc", math.nan),
+        "max_trace_fisher": max(fisher, default=math.nan),
+        "seconds_per_epoch": float(np.mean([r["seconds"] for r in st.metrics])) if st.metrics else math.nan,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+    }  # fmt: skip
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, fn: Callable[[], Any]) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _format_row(row: dict) -> str:
+    return (
+        f"epoch {row['epoch']:3d}  lr {row['lr']:.4g}  train {row['train_loss']:.4f}/"
+        f"{row['train_acc']:.3f}  val {row['val_acc']:.3f}  test {row['test_acc']:.3f}  "
+        f"Tr(F) {row['trace_fisher']:.4g}  {row['seconds']:.1f}s"
+    )

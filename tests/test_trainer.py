@@ -1,0 +1,165 @@
+"""The training loop: resume is bit-identical, divergence is a status, measurement does
+not perturb training, the lr schedule, and the shape of what a run records."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fisherlab import TrainConfig, TrainData, every_n_epochs, multistep_lr, train
+from fisherlab.data import DeviceData, make_synthetic
+
+TIMING = {"seconds", "eval_seconds"}
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainData:
+    def split(n, name):
+        return make_synthetic(n, num_classes=4, image_size=16, seed=3, split=name)
+
+    train_ds = split(192, "train")
+    stats = DeviceData(train_ds).mean.flatten().tolist(), DeviceData(train_ds).std.flatten().tolist()
+    return TrainData(
+        DeviceData(train_ds, augment=True),
+        DeviceData(split(64, "val"), mean=stats[0], std=stats[1]),
+        DeviceData(split(64, "test"), mean=stats[0], std=stats[1]),
+    )
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(
+        model="simple_cnn", model_kwargs={"image_size": 16}, epochs=3, batch_size=32, lr=0.05,
+        weight_decay=1e-4, milestones=[2], regularizer="fp",
+        regularizer_kwargs={"alpha": 0.01, "every": 4}, fisher_examples=32, fisher_every=5,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def without_timing(rows):
+    """The rows without wall-clock fields, NaN replaced by a marker so that == works."""
+    return [
+        {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items() if k not in TIMING}
+        for r in rows
+    ]
+
+
+class Interrupted(Exception):
+    pass
+
+
+class CrashingData(DeviceData):
+    """A training split whose iterator raises after ``crash_after`` batches in total."""
+
+    def __init__(self, src: DeviceData, crash_after: int):
+        self.__dict__.update(src.__dict__)
+        self.left = crash_after
+
+    def batches(self, *args, **kwargs):
+        for batch in super().batches(*args, **kwargs):
+            if self.left == 0:
+                raise Interrupted
+            self.left -= 1
+            yield batch
+
+
+@pytest.mark.parametrize("regularizer,kwargs", [("fp", {"alpha": 0.01, "every": 4}),
+                                                 ("mixup", {"beta": 0.4}), ("gpr", {"alpha": 0.01})])
+def test_resume_after_a_crash_is_bit_identical(tmp_path, data, regularizer, kwargs):
+    cfg = config(regularizer=regularizer, regularizer_kwargs=kwargs)
+    ref = train(cfg, data)
+
+    ckpt = tmp_path / "ckpt.pt"
+    crashing = TrainData(CrashingData(data.train, crash_after=9), data.val, data.test)  # epoch 2, step 3
+    with pytest.raises(Interrupted):
+        train(cfg, crashing, checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=False)["progress"]["epoch"] == 1
+    resumed = train(cfg, data, checkpoint=ckpt)
+
+    assert resumed.status == ref.status == "ok"
+    assert without_timing(resumed.metrics) == without_timing(ref.metrics)
+    assert without_timing(resumed.curvature) == without_timing(ref.curvature)
+    for (name, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_finished_run_is_not_retrained(tmp_path, data):
+    cfg, ckpt = config(epochs=1), tmp_path / "c.pt"
+    first = train(cfg, data, checkpoint=ckpt)
+    again = train(cfg, data, checkpoint=ckpt)
+    assert again.metrics == first.metrics and again.status == "ok"
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path, data):
+    ckpt = tmp_path / "c.pt"
+    train(config(epochs=1), data, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="lr"):
+        train(config(epochs=1, lr=0.1), data, checkpoint=ckpt)
+
+
+def test_absurd_lr_gives_status_diverged(tmp_path, data):
+    ckpt = tmp_path / "c.pt"
+    result = train(config(lr=1e5, regularizer="none", regularizer_kwargs={}), data, checkpoint=ckpt)
+    assert result.status == "diverged"
+    assert "non-finite" in result.summary["message"]
+    assert result.summary["status"] == "diverged"
+    assert all(math.isfinite(r["trace_fisher"]) for r in result.curvature)
+    again = train(config(lr=1e5, regularizer="none", regularizer_kwargs={}), data, checkpoint=ckpt)
+    assert again.status == "diverged" and again.metrics == result.metrics
+
+
+def test_measurement_does_not_perturb_training(data):
+    quiet = train(config(fisher_every=0), data)
+    busy = train(config(fisher_every=2), data)
+    assert without_timing(quiet.metrics) == [
+        {**r, "trace_fisher": q["trace_fisher"]} for r, q in zip(without_timing(busy.metrics), quiet.metrics)
+    ]
+    for a, b in zip(quiet.model.parameters(), busy.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_what_a_run_records(data):
+    cfg = config()
+    result = train(cfg, data)
+    steps_per_epoch = math.ceil(192 / cfg.batch_size)
+    assert [r["epoch"] for r in result.metrics] == [1, 2, 3]
+    assert [r["lr"] for r in result.metrics] == pytest.approx([0.05, 0.05, 0.005])
+    expected_steps = sorted({0, *range(5, 3 * steps_per_epoch + 1, 5),
+                             *(steps_per_epoch * e for e in (1, 2, 3))})  # fmt: skip
+    assert [r["step"] for r in result.curvature] == expected_steps
+    for row in result.metrics:
+        assert all(math.isfinite(v) for v in row.values())
+        assert 0 <= row["train_acc"] <= 1 and row["seconds"] > 0
+    for row in result.curvature[1:]:
+        assert row["trace_fisher"] > 0 and row["trace_fisher_batch"] > 0
+        assert math.isfinite(row["train_loss_running"])
+    s = result.summary
+    assert s["status"] == "ok" and s["epochs_completed"] == 3 and s["seed"] == cfg.seed
+    assert s["max_trace_fisher"] == max(r["trace_fisher"] for r in result.curvature)
+    assert s["best_val_acc"] == max(r["val_acc"] for r in result.metrics)
+    assert s["config"] == cfg.to_dict()
+
+
+def test_it_learns():
+    ds = make_synthetic(1024, num_classes=4, image_size=16, seed=3)
+    cfg = config(epochs=6, milestones=[], regularizer="none", regularizer_kwargs={}, fisher_every=0)
+    result = train(cfg, TrainData(DeviceData(ds)))
+    assert result.metrics[-1]["train_acc"] > 0.45  # 4 classes: chance is 0.25
+
+
+def test_bad_config_values_are_refused():
+    for bad in ({"lr": -1.0}, {"epochs": 0}, {"batch_size": 0}, {"weight_decay": -1e-4}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            config(**bad)
+
+
+def test_multistep_schedule():
+    assert multistep_lr(0.1, 0, [150, 225]) == 0.1
+    assert multistep_lr(0.1, 149, [150, 225]) == 0.1
+    assert multistep_lr(0.1, 150, [150, 225]) == pytest.approx(0.01)
+    assert multistep_lr(0.1, 299, [150, 225]) == pytest.approx(0.001)
+    assert every_n_epochs(80, 40, 300) == [80, 120, 160, 200, 240, 280]
+    with pytest.raises(ValueError):
+        multistep_lr(0.1, 0, [225, 150])
