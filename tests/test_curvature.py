@@ -439,6 +439,14 @@ def _case_frozen():
     return m, CNN_X(4, seed=10), _randint(3, 4, 10)
 
 
+def _case_frozen_generic():
+    """Frozen parameters of modules on the generic torch.func path are excluded too."""
+    m, x, y = _case_scale_layernorm()
+    m[1].s.requires_grad_(False)
+    m[3].weight.requires_grad_(False)
+    return m, x, y
+
+
 def _case_module_twice():
     return _seeded(11, lambda: TwiceUsed().double()), MLP_X(5, seed=11), _randint(4, 5, 11)
 
@@ -481,44 +489,33 @@ def _case_vgg11():
     return m, _randn(2, 3, 32, 32, seed=17), _randint(100, 2, 17)
 
 
-BN1D_2D_BUG = (
-    "BUG: per_example._batchnorm_sq_norms sums over dims=tuple(range(2, a.dim())) == () "
-    "for a 2-D (N, C) input; Tensor.sum(()) reduces over ALL dims, so .sum(1) raises "
-    "IndexError (BatchNorm1d after a Linear cannot be measured)"
-)
-FUNCTIONAL_TIED_BUG = (
-    "BUG: per_example._per_layer_sq_norms does not detect a parameter used outside its "
-    "owning module (F.linear(h, self.fc.weight)); the per-layer path silently drops "
-    "that use's gradient instead of falling back to torch.func"
-)
-
 BOTH = ("ghost", "materialise")
 CASES = [
-    ("linear_2d", _case_linear_2d, ("auto", *BOTH), None),
-    ("linear_3d", _case_linear_3d, ("auto", *BOTH), None),
-    ("linear_nobias", _case_linear_nobias, BOTH, None),
-    ("conv_variants", _case_conv_variants, ("auto", *BOTH), None),
-    ("bn2d_eval", _case_bn2d_eval, BOTH, None),
-    ("bn1d_3d_eval", _case_bn1d_3d, ("auto",), None),
-    ("bn1d_2d_eval", _case_bn1d_2d, ("auto",), BN1D_2D_BUG),
-    ("scale_layernorm", _case_scale_layernorm, ("auto",), None),
-    ("skipinit_block", _case_skipinit_block, ("auto",), None),
-    ("frozen_params", _case_frozen, BOTH, None),
-    ("module_called_twice", _case_module_twice, ("auto",), None),
-    ("shared_weight", _case_shared_weight, ("auto",), None),
-    ("inplace_relu_after_conv", _case_inplace_relu, ("auto",), None),
-    ("conv_same_circular", _case_conv_same_and_circular, ("auto",), None),
-    ("functional_tied_weight", _case_functional_tied, ("auto",), FUNCTIONAL_TIED_BUG),
-    ("simple_cnn", _case_simple_cnn, ("auto", *BOTH), None),
-    ("vgg11", _case_vgg11, ("auto",), None),
+    ("linear_2d", _case_linear_2d, ("auto", *BOTH)),
+    ("linear_3d", _case_linear_3d, ("auto", *BOTH)),
+    ("linear_nobias", _case_linear_nobias, BOTH),
+    ("conv_variants", _case_conv_variants, ("auto", *BOTH)),
+    ("bn2d_eval", _case_bn2d_eval, BOTH),
+    ("bn1d_3d_eval", _case_bn1d_3d, ("auto",)),
+    ("bn1d_2d_eval", _case_bn1d_2d, ("auto",)),
+    ("scale_layernorm", _case_scale_layernorm, ("auto",)),
+    ("skipinit_block", _case_skipinit_block, ("auto",)),
+    ("frozen_params", _case_frozen, BOTH),
+    ("frozen_generic", _case_frozen_generic, ("auto",)),
+    ("module_called_twice", _case_module_twice, ("auto",)),
+    ("shared_weight", _case_shared_weight, ("auto",)),
+    ("inplace_relu_after_conv", _case_inplace_relu, ("auto",)),
+    ("conv_same_circular", _case_conv_same_and_circular, ("auto",)),
+    ("functional_tied_weight", _case_functional_tied, ("auto",)),
+    ("simple_cnn", _case_simple_cnn, ("auto", *BOTH)),
+    ("vgg11", _case_vgg11, ("auto",)),
 ]
 
 
 def _params():
-    for name, make, strategies, bug in CASES:
-        marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
+    for name, make, strategies in CASES:
         for s in strategies:
-            yield pytest.param(make, s, id=f"{name}-{s}", marks=marks)
+            yield pytest.param(make, s, id=f"{name}-{s}")
 
 
 @pytest.mark.parametrize("make, strategy", list(_params()))
@@ -531,7 +528,9 @@ def test_per_example_norms_match_brute_force(make, strategy):
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
 
 
-@pytest.mark.parametrize("make", [_case_conv_variants, _case_scale_layernorm, _case_frozen])
+@pytest.mark.parametrize(
+    "make", [_case_conv_variants, _case_scale_layernorm, _case_frozen, _case_frozen_generic]
+)
 def test_per_example_norms_func_method_matches_brute_force(make):
     """method="func" (whole-model vmap(grad)) == brute-force loop."""
     model, x, y = make()

@@ -138,10 +138,10 @@ class GradientNormPenalty(Regularizer):
 
     def __init__(self, alpha: float, every: int = 10, start_epoch: int = 0, seed: int = 0):
         super().__init__(start_epoch, seed)
-        if alpha < 0:
+        if not alpha >= 0:  # also refuses NaN
             raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.alpha, self.every = float(alpha), int(every)
         self._cache: list[Tensor] | None = None  # the most recent penalty gradient
         self._age = 0  # steps since it was computed
@@ -265,7 +265,7 @@ class Mixup(Regularizer):
 
     def __init__(self, beta: float, start_epoch: int = 0, seed: int = 0):
         super().__init__(start_epoch, seed)
-        if beta <= 0:
+        if not beta > 0:  # also refuses NaN
             raise ValueError(f"beta must be > 0, got {beta}")
         self.beta = float(beta)
         self._np = np.random.default_rng(seed)

@@ -23,14 +23,16 @@ Two ways give ||G_i||^2, and each layer takes the cheaper one:
 Layers handled in closed form: ``nn.Linear``, ``nn.Conv2d`` (any stride, padding,
 dilation and groups, zero padding) and the affine parameters of BatchNorm in eval mode.
 Any other module with its own parameters gets a per-example vector-Jacobian product
-through ``torch.func`` on that module alone. A model that shares a parameter between
-modules, calls a parameterised module twice, or modifies a layer output in place is
+through ``torch.func`` on that module alone. A model in which a parameter enters the
+graph more than once (shared between modules, a module called twice, weight tying
+through ``F.linear(..., self.fc.weight)``), or which modifies a layer output in place, is
 handled whole by ``torch.func`` (``vmap(grad)``), which is always correct.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -149,21 +151,42 @@ def _conv2d_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor, strategy: Strategy) -> 
 
 
 def _batchnorm_sq_norms(m: nn.modules.batchnorm._BatchNorm, a: Tensor, d: Tensor) -> Tensor:
-    if m.training or m.running_mean is None:
-        raise ValueError(
-            f"{type(m).__name__} uses batch statistics, so per-example gradients are not "
-            "defined; measure with the model in eval mode and running statistics "
-            "(Supplement I.2)"
-        )
     shape = (1, -1) + (1,) * (a.dim() - 2)
     xhat = (a - m.running_mean.view(shape)) * torch.rsqrt(m.running_var.view(shape) + m.eps)
-    dims = tuple(range(2, a.dim()))
+    B, C = d.shape[:2]
     sq = 0.0
     if m.weight is not None and m.weight.requires_grad:
-        sq = sq + (d * xhat).sum(dims).pow(2).sum(1)
+        sq = sq + (d * xhat).reshape(B, C, -1).sum(2).pow(2).sum(1)
     if m.bias is not None and m.bias.requires_grad:
-        sq = sq + d.sum(dims).pow(2).sum(1)
+        sq = sq + d.reshape(B, C, -1).sum(2).pow(2).sum(1)
     return sq
+
+
+def _check_batchnorm(modules: list[nn.Module]) -> None:
+    for m in modules:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None):
+            raise ValueError(
+                f"{type(m).__name__} uses batch statistics, so per-example gradients are not "
+                "defined; measure with the model in eval mode and running statistics "
+                "(Supplement I.2)"
+            )
+
+
+def _parameter_uses(root: Tensor) -> Counter:
+    """How many times each leaf tensor (by id) enters the autograd graph of ``root``."""
+    uses: Counter = Counter()
+    seen, stack = set(), [root.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        for nxt, _ in fn.next_functions:
+            if nxt is not None and hasattr(nxt, "variable"):
+                uses[id(nxt.variable)] += 1
+            elif nxt is not None:
+                stack.append(nxt)
+    return uses
 
 
 def _generic_sq_norms(m: nn.Module, args: tuple, kwargs: dict, d: Tensor) -> Tensor:
@@ -208,9 +231,12 @@ def _per_layer_sq_norms(
 ) -> Tensor | None:
     """One forward, one backward per label set; None if the model is not decomposable."""
     with _recording(model) as rec:
+        _check_batchnorm(rec.modules)
         logits = model(x)
     if not rec.usable or any(c.output._version != c.version for c in rec.calls):
         return None
+    if max(_parameter_uses(logits).values(), default=0) > 1:
+        return None  # a parameter enters the graph twice (weight tying): not decomposable
     outputs = [c.output for c in rec.calls]
     label_sets = label_fn(logits.detach())
     total = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device)

@@ -10,11 +10,11 @@ from fisherlab.data.format import ImageDataset
 
 _MAX_SHIFT = 3  # pixels of random translation in each direction
 _NUM_FREQ = 5  # cosine frequencies 0..4 per axis in a prototype
-_CLASS_WEIGHT = 0.25  # share of a prototype that is class-specific (the rest is shared)
+_CLASS_WEIGHT = 0.4  # share of a prototype that is class-specific (the rest is shared)
 _AMPLITUDE = 40.0  # pixel levels per unit of prototype standard deviation
 _CONTRAST = (0.5, 1.5)  # range of the per-example contrast factor
 _BRIGHTNESS_STD = 12.0  # pixel levels
-_NOISE_STD = 60.0  # pixel levels
+_NOISE_STD = 50.0  # pixel levels
 _CHUNK = 4096  # examples generated at once; bounds memory, fixed for determinism
 
 
@@ -34,18 +34,20 @@ def make_synthetic(
        ``a_fg ~ N(0, 1) / (1 + f + g)``, evaluated on a grid 3 pixels wider than the
        image on each side and standardised to mean 0, std 1: one shared background
        ``b`` and one pattern ``p_k`` per class. The prototype of class ``k`` is
-       ``sqrt(1 - 0.25**2) * b + 0.25 * p_k``. Prototypes depend on ``seed`` alone,
+       ``sqrt(1 - 0.4**2) * b + 0.4 * p_k``. Prototypes depend on ``seed`` alone,
        so every ``split`` shares them.
     2. Labels are balanced: ``arange(n) % num_classes``, shuffled.
     3. Each example crops its class prototype at a random offset (a shift of up to
        3 pixels each way), then ``128 + 40 * contrast * crop + brightness + noise``
        with ``contrast ~ U(0.5, 1.5)``, ``brightness ~ N(0, 12)`` per example and
-       i.i.d. ``N(0, 60)`` noise per pixel, rounded and clipped to [0, 255].
+       i.i.d. ``N(0, 50)`` noise per pixel, rounded and clipped to [0, 255].
 
     Steps 2-3 draw from ``np.random.default_rng([seed, crc32(split)])``, so e.g.
     ``split="train"`` and ``split="test"`` give different examples of the same classes.
-    A nearest-class-mean classifier scores about 70% with 10 classes; a small CNN
-    about 90% after two epochs on 10,000 examples.
+    A nearest-class-mean classifier scores about 95% with 10 classes; SimpleCNN trained
+    from PyTorch's default initialisation (SGD, lr 0.01, batch 128) needs a couple of
+    epochs to leave chance and reaches about 90% train accuracy after 4 epochs on 4,000
+    examples, so the early phase of training is visible.
     """
     if n < 1 or num_classes < 1 or image_size < 1 or channels not in (1, 3):
         raise ValueError(

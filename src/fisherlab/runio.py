@@ -1,0 +1,60 @@
+"""A run's outputs on disk, readable by a person: metrics.csv (one row per epoch),
+curvature.csv (one row per measurement: step, Tr(F), Tr(F_B)) and summary.json.
+Each file is written atomically, so a crash never leaves a partial file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .trainer import TrainResult
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_run(result: TrainResult, out_dir: str | os.PathLike, **extra: Any) -> Path:
+    """Write metrics.csv, curvature.csv and summary.json (with ``extra`` keys added to
+    the summary, for example the code version) under ``out_dir``."""
+    out = Path(out_dir)
+    write_text_atomic(out / "metrics.csv", rows_to_csv(result.metrics))
+    write_text_atomic(out / "curvature.csv", rows_to_csv(result.curvature))
+    summary = _json_safe({**result.summary, **extra})
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return out
