@@ -77,12 +77,11 @@ def vmap_grad(model, x, y, chunk=64):
     return total / len(x)
 
 
-def backpack_l2(model, x, y):
-    from backpack import backpack, extend
+def backpack_l2(ext, lossfn, x, y):
+    """BackPACK's per-example squared gradient norms (model and loss already extended)."""
+    from backpack import backpack
     from backpack.extensions import BatchL2Grad
 
-    ext = extend(model)
-    lossfn = extend(torch.nn.CrossEntropyLoss(reduction="sum"))
     ext.zero_grad(set_to_none=True)
     with backpack(BatchL2Grad()):
         lossfn(ext(x), y).backward()
@@ -98,9 +97,15 @@ def p1(name, device, n):
             "torch.func vmap(grad), chunk 64": lambda: vmap_grad(model, x, y),
             "fisherlab trace_fisher (P1)": lambda: trace_fisher(model, x, generator=0)}  # fmt: skip
     try:
-        import backpack  # noqa: F401
+        import warnings
 
-        rows["BackPACK BatchL2Grad"] = lambda: backpack_l2(build_model(name, CLASSES[name]).to(device), x, y)
+        from backpack import extend
+
+        warnings.filterwarnings("ignore", module="backpack")
+        warnings.filterwarnings("ignore", message="Full backward hook")
+        ext = extend(build_model(name, CLASSES[name]).to(device))
+        lossfn = extend(torch.nn.CrossEntropyLoss(reduction="sum"))
+        rows["BackPACK BatchL2Grad"] = lambda: backpack_l2(ext, lossfn, x, y)
     except ImportError:
         print(f"  [{name}] BackPACK not installed: skipped")
     print(f"P1 {name}: one batched forward+backward over N={n}: {base:.3f} s")

@@ -63,7 +63,7 @@ class _Recorder:
     modules: list[nn.Module]
     calls: list[_Call] = field(default_factory=list)
     handles: list = field(default_factory=list)
-    usable: bool = True  # False: some layer cannot be decomposed; use torch.func
+    usable: bool = True  # False: a module was called twice or returned a non-tensor
 
     def hook(self, module, args, kwargs, output):
         if not isinstance(output, Tensor) or any(c.module is module for c in self.calls):
@@ -79,15 +79,9 @@ def parameterised_modules(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def _has_shared_parameters(modules: list[nn.Module]) -> bool:
-    ids = [id(p) for m in modules for p in m.parameters(recurse=False) if p.requires_grad]
-    return len(ids) != len(set(ids))
-
-
 @contextlib.contextmanager
 def _recording(model: nn.Module) -> Iterator[_Recorder]:
     rec = _Recorder(parameterised_modules(model))
-    rec.usable = not _has_shared_parameters(rec.modules)
     try:
         for m in rec.modules:
             rec.handles.append(m.register_forward_hook(rec.hook, with_kwargs=True))
