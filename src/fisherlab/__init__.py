@@ -32,3 +32,15 @@ from .penalties import (
 )
 from .schedule import every_n_epochs, multistep_lr
 from .trainer import TrainConfig, TrainData, TrainResult, evaluate, train
+from .data import (
+    DatasetFormatError,
+    DeviceData,
+    ImageDataset,
+    augment_batch,
+    channel_stats,
+    load_dataset,
+    make_synthetic,
+    save_dataset,
+    split_validation,
+)
+from .runio import write_run
