@@ -39,13 +39,13 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -55,6 +55,6 @@ def write_run(result: TrainResult, out_dir: str | os.PathLike, **extra: Any) -> 
     out = Path(out_dir)
     write_text_atomic(out / "metrics.csv", rows_to_csv(result.metrics))
     write_text_atomic(out / "curvature.csv", rows_to_csv(result.curvature))
-    summary = _json_safe({**result.summary, **extra})
+    summary = json_safe({**result.summary, **extra})
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return out

@@ -1,0 +1,24 @@
+# fisherlab: the Snakemake pipeline from data to the paper's tables and figures.
+# snakemake --cores 2 results/table1.csv                       (one machine)
+# snakemake --configfile configs/demo.yaml --cores 2 all        (the offline demo)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        TABLES,
+        "results/fig4.png",
+        "results/hessian.csv",
+    default_target: True

@@ -1,0 +1,83 @@
+"""One experiment run from prepared files to a run directory: the glue that the
+pipeline's scripts call (and that a user can call from Python).
+
+``load_data`` reads the canonical train/test files, carves a fixed-seed validation split
+out of the training set (5,000 examples in the paper, Supplement I.2) and puts every
+split on the device, normalised with the training split's channel statistics.
+``run`` trains, records Tr(F_i) (Section 3: Tr(F) when the training loss first falls
+below epsilon), and writes metrics.csv, curvature.csv, summary.json and model.pt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import save_atomic
+from .data import DeviceData, channel_stats, load_dataset, split_validation
+from .runio import write_run
+from .trainer import TrainConfig, TrainData, TrainResult, train
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is CUDA when available, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_data(
+    train_path: str | os.PathLike,
+    test_path: str | os.PathLike,
+    *,
+    val_size: int,
+    split_seed: int = 0,
+    augment: bool = False,
+    device: str = "cpu",
+) -> TrainData:
+    """Train / validation / test splits on ``device``; augmentation on train only."""
+    full = load_dataset(train_path)
+    train_idx, val_idx = split_validation(len(full), val_size, split_seed)
+    train_ds = full.subset(train_idx)
+    mean, std = channel_stats(train_ds)
+
+    def put(ds, aug=False):
+        return DeviceData(ds, device=device, mean=mean, std=std, augment=aug)
+
+    val = put(full.subset(val_idx)) if val_size else None
+    return TrainData(put(train_ds, augment), val, put(load_dataset(test_path)))
+
+
+def trace_fisher_initial(curvature: list[dict[str, float]], epsilon: float) -> float:
+    """Tr(F_i) (Section 3): Tr(F) at the first measurement whose running training loss is
+    below ``epsilon``; NaN if the loss never gets there."""
+    for row in curvature:
+        loss = row["train_loss_running"]
+        if not math.isnan(loss) and loss < epsilon:
+            return row["trace_fisher"]
+    return math.nan
+
+
+def run(
+    cfg: TrainConfig,
+    data: TrainData,
+    out_dir: str | os.PathLike,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    epsilon: float = math.nan,
+    log=print,
+    **extra: Any,
+) -> TrainResult:
+    """Train (resuming from ``checkpoint``), then write the run's files under ``out_dir``:
+    metrics.csv, curvature.csv, summary.json (with ``extra``, epsilon and Tr(F_i)) and
+    model.pt (the final weights). The files appear only once training has ended."""
+    result = train(cfg, data, checkpoint=checkpoint, log=log)
+    fisher_i = trace_fisher_initial(result.curvature, epsilon)
+    save_atomic(result.model.state_dict(), Path(out_dir) / "model.pt")
+    write_run(result, out_dir, epsilon=epsilon, trace_fisher_i=fisher_i, **extra)
+    log(f"status {result.status}; Tr(F_i) at loss < {epsilon:g}: {fisher_i:.4g}")
+    return result

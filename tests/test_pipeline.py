@@ -1,0 +1,168 @@
+"""The Snakemake pipeline: the DAG of the paper's config, config validation, lint, and
+(slow) the offline demo end to end."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+
+
+def snakemake(*args, cwd=REPO, check=True):
+    proc = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    stats = output[output.index("Job stats:"):].splitlines()[3:]
+    counts = {}
+    for line in stats:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def paper_config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_dry_run_of_the_paper_config():
+    t0 = time.perf_counter()
+    proc = snakemake("-n", "--cores", "2")
+    seconds = time.perf_counter() - t0
+    counts = job_counts(proc.stdout)
+    cfg = paper_config()
+    seeds = len(cfg["seeds"])
+    expected_train = 0
+    for s in cfg["settings"].values():
+        regs = len(s["regularizers"])
+        expected_train += len(s["lr_grid"]) + 10 * regs + (2 + regs) * seeds
+    assert counts["train_lr_grid"] + counts["train_alpha_grid"] + counts["train_final"] == expected_train
+    assert counts["train_final"] == sum((2 + len(s["regularizers"])) * seeds for s in cfg["settings"].values())
+    assert counts["tables"] == counts["fig4"] == counts["all"] == 1
+    for target in ("results/table1.csv", "results/table4.csv", "results/table5.csv",
+                   "results/table6.csv", "results/fig4.png"):  # fmt: skip
+        assert target in proc.stdout
+    print(f"dry run of the paper config: {seconds:.2f} s, {sum(counts.values())} jobs")
+    assert seconds < 30  # the target (<= 5 s) is reported, not timed, here
+
+
+def test_a_fixed_lr_star_and_alpha_skip_the_searches(tmp_path):
+    cfg = paper_config()
+    for s in cfg["settings"].values():
+        s["lr_star"] = 0.1
+        for r in s["regularizers"].values():
+            r["alpha"] = 0.01
+    overlay = tmp_path / "fixed.yaml"
+    overlay.write_text(yaml.safe_dump(cfg))
+    counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", str(overlay)).stdout)
+    assert "train_lr_grid" not in counts and "train_alpha_grid" not in counts
+    assert counts["select_lr"] == len(cfg["settings"])
+
+
+def valid() -> dict:
+    return yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+
+
+def setting(cfg):
+    return cfg["settings"]["demo_synthetic"]
+
+
+INVALID = {
+    "unknown model": lambda c: setting(c).update(model="resnet9000"),
+    "unknown dataset": lambda c: setting(c).update(dataset="mnist"),
+    "negative lr in the grid": lambda c: setting(c).update(lr_grid=[-0.1, 0.1]),
+    "empty lr grid": lambda c: setting(c).update(lr_grid=[]),
+    "unknown top-level key": lambda c: c.update(sedes=[0]),
+    "unknown setting key (typo)": lambda c: setting(c).update(epoch=3),
+    "unknown regularizer": lambda c: setting(c)["regularizers"].update(fpx={"v": 0.1}),
+    "negative alpha": lambda c: setting(c)["regularizers"]["fp"].update(alpha=-1.0),
+    "zero v (empty alpha grid)": lambda c: setting(c)["regularizers"]["fp"].update(v=0),
+    "every = 0": lambda c: setting(c)["regularizers"]["fp"].update(every=0),
+    "zero epochs": lambda c: setting(c).update(epochs=0),
+    "momentum >= 1": lambda c: setting(c).update(momentum=1.0),
+    "string batch size": lambda c: setting(c).update(batch_size="128"),
+    "empty seeds": lambda c: c.update(seeds=[]),
+    "bad setting name": lambda c: c["settings"].update({"Bad-Name": setting(c)}),
+    "small-lr factor < 1": lambda c: setting(c).update(small_lr_factor=0.5),
+    "unknown device": lambda c: c.update(device="tpu"),
+}
+
+
+def test_the_demo_config_is_valid():
+    validate(valid(), SCHEMA)
+
+
+@pytest.mark.parametrize("name", list(INVALID))
+def test_invalid_configs_are_schema_errors(name):
+    cfg = copy.deepcopy(valid())
+    INVALID[name](cfg)
+    with pytest.raises(Exception, match="(?i)validat|schema"):
+        validate(cfg, SCHEMA)
+
+
+@pytest.mark.parametrize("name", ["unknown model", "unknown setting key (typo)"])
+def test_the_snakefile_refuses_invalid_configs_before_any_job(tmp_path, name):
+    cfg = copy.deepcopy(valid())
+    INVALID[name](cfg)
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(overlay), check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert re.search("(?i)validat", out) and "Job stats" not in out
+
+
+def test_lint_is_clean():
+    proc = snakemake("--lint")
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def copy_workflow(dst: Path) -> None:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, dst / name)
+    for name in ("workflow", "configs", "envs"):
+        shutil.copytree(REPO / name, dst / name)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    copy_workflow(tmp_path)
+    t0 = time.perf_counter()
+    snakemake("--configfile", "configs/demo.yaml", "--cores", "2", cwd=tmp_path)
+    print(f"demo: {time.perf_counter() - t0:.0f} s")
+    results = tmp_path / "results"
+    demo = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    columns = ["eta_star", "baseline", "gpx", "gp", "fp", "gpr"]
+    for name in ("table1", "table4", "table5", "table6"):
+        table = pd.read_csv(results / f"{name}.csv")
+        assert list(table["setting"]) == demo["run_settings"]
+        for c in columns:
+            assert table[f"{c}_status"].iloc[0] in ("ok", "diverged")
+            if table[f"{c}_status"].iloc[0] == "ok":
+                assert math.isfinite(table[c].iloc[0])
+        assert (results / f"{name}.md").read_text().count("|") > 10
+    assert (results / "fig4.png").stat().st_size > 10_000
+    hessian = pd.read_csv(results / "hessian.csv")
+    assert len(hessian) == len(columns)
+    # nothing to do on a second call: every output is up to date
+    again = snakemake("--configfile", "configs/demo.yaml", "--cores", "2", "-n", cwd=tmp_path)
+    assert "Nothing to be done" in again.stdout + again.stderr

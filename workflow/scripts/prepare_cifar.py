@@ -1,0 +1,13 @@
+"""Adapter: CIFAR-10/100 in the canonical format, from a local archive or torchvision."""
+
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+
+from pathlib import Path  # noqa: E402
+
+from fisherlab.data.cifar import prepare_cifar  # noqa: E402
+
+sm = snakemake  # noqa: F821
+print(prepare_cifar(sm.wildcards.dataset, Path(sm.output.train).parent, source=sm.params.source,
+                    download_root=sm.params.download_root))  # fmt: skip

@@ -1,0 +1,14 @@
+"""Adapter: the synthetic dataset in the canonical format."""
+
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+
+from pathlib import Path  # noqa: E402
+
+from fisherlab.data.cifar import prepare_synthetic  # noqa: E402
+
+sm = snakemake  # noqa: F821
+p = sm.params
+print(prepare_synthetic(Path(sm.output.train).parent, p.n_train, p.n_test,
+                        num_classes=p.num_classes, image_size=p.image_size, seed=p.seed))  # fmt: skip

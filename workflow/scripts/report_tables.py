@@ -1,0 +1,14 @@
+"""Adapter: Tables 1, 4, 5 and 6 (CSV and Markdown) from the final runs' summaries."""
+
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+
+from fisherlab import report  # noqa: E402
+
+sm = snakemake  # noqa: F821
+runs = report.load_summaries(list(sm.input))
+for name in ("table1", "table4", "table5", "table6"):
+    table = getattr(report, name)(runs)
+    report.write_table(table, sm.output[f"{name}_csv"], sm.output[f"{name}_md"])
+    print(name, table, sep="\n")

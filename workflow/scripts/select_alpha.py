@@ -1,0 +1,18 @@
+"""Adapter: alpha* of one regularizer from its alpha-grid runs, or from config."""
+
+import json
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+
+from fisherlab.report import load_summaries, select_alpha  # noqa: E402
+from fisherlab.runio import write_text_atomic  # noqa: E402
+
+sm = snakemake  # noqa: F821
+fixed = sm.params.setting["regularizers"][sm.wildcards.reg]["alpha"]
+if fixed is not None:
+    choice = {"alpha_star": float(fixed), "source": "config"}
+else:
+    choice = {"alpha_star": select_alpha(load_summaries(list(sm.input))), "source": "search"}
+print(choice)
+write_text_atomic(sm.output[0], json.dumps(choice, indent=2) + "\n")

@@ -1,0 +1,20 @@
+"""Adapter: eta* from the lr-grid runs (best validation accuracy), or from config."""
+
+import json
+import sys
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+
+from fisherlab.report import load_summaries, select_lr  # noqa: E402
+from fisherlab.runio import write_text_atomic  # noqa: E402
+
+sm = snakemake  # noqa: F821
+s = sm.params.setting
+if s["lr_star"] is not None:
+    lr_star, source = float(s["lr_star"]), "config"
+else:
+    lr_star, source = select_lr(load_summaries(list(sm.input))), "search"
+choice = {"lr_star": lr_star, "lr_small": lr_star / s["small_lr_factor"],
+          "small_lr_factor": s["small_lr_factor"], "source": source}  # fmt: skip
+print(choice)
+write_text_atomic(sm.output[0], json.dumps(choice, indent=2) + "\n")
