@@ -88,7 +88,8 @@ def setting(cfg):
 
 INVALID = {
     "unknown model": lambda c: setting(c).update(model="resnet9000"),
-    "unknown dataset": lambda c: setting(c).update(dataset="mnist"),
+    "malformed dataset name": lambda c: setting(c).update(dataset="MNIST!"),
+    "local dataset without a test split": lambda c: c["data"].update(local={"mine": {"train": "a.npz"}}),
     "negative lr in the grid": lambda c: setting(c).update(lr_grid=[-0.1, 0.1]),
     "empty lr grid": lambda c: setting(c).update(lr_grid=[]),
     "unknown top-level key": lambda c: c.update(sedes=[0]),
@@ -129,6 +130,15 @@ def test_the_snakefile_refuses_invalid_configs_before_any_job(tmp_path, name):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert re.search("(?i)validat", out) and "Job stats" not in out
+
+
+def test_an_unknown_dataset_is_refused_before_any_job(tmp_path):
+    cfg = copy.deepcopy(valid())
+    setting(cfg)["dataset"] = "mnist"
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(overlay), check=False)
+    assert proc.returncode != 0 and "data.local" in proc.stdout + proc.stderr
 
 
 def test_lint_is_clean():

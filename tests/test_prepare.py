@@ -397,7 +397,9 @@ def test_prepare_synthetic(tmp_path: Path) -> None:
 # --- download (torchvision monkeypatched: no network) -------------------------------------------
 
 
-@pytest.mark.parametrize("name, make, cls_name", [("cifar10", _cifar10, "CIFAR10"), ("cifar100", _cifar100, "CIFAR100")])
+@pytest.mark.parametrize(
+    "name, make, cls_name", [("cifar10", _cifar10, "CIFAR10"), ("cifar100", _cifar100, "CIFAR100")]
+)
 def test_download_cifar_uses_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name, make, cls_name) -> None:
     import torchvision.datasets
 

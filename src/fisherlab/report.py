@@ -74,7 +74,7 @@ _STATUS_OK = "ok"
 
 def _summary_path(path: str | os.PathLike) -> Path:
     p = Path(path)
-    return p / "summary.json" if p.is_dir() else p
+    return p if p.suffix == ".json" and not p.is_dir() else p / "summary.json"
 
 
 def _null_to_nan(value: Any) -> Any:
@@ -449,7 +449,8 @@ def _draw_pair(sns, ax_acc, ax_tr, runs: Mapping[str, _RunPair], title: str, smo
         name = DISPLAY_NAMES.get(c, c)
         acc = metrics[["epoch", "val_acc"]].astype(float).sort_values("epoch")
         acc_parts.append(acc.assign(val_acc=acc["val_acc"] * 100.0, run=name))
-        tr = curvature[["epoch", "trace_fisher"]].astype(float).sort_values("epoch")
+        tr = curvature[["epoch", "trace_fisher"]].astype(float).replace([np.inf, -np.inf], np.nan)
+        tr = tr.sort_values("epoch")
         if smooth > 1:
             tr = tr.assign(trace_fisher=tr["trace_fisher"].rolling(smooth, center=True,
                                                                     min_periods=1).mean())
@@ -460,12 +461,13 @@ def _draw_pair(sns, ax_acc, ax_tr, runs: Mapping[str, _RunPair], title: str, smo
               errorbar=None, sort=True)  # fmt: skip
     sns.lineplot(data=pd.concat(acc_parts, ignore_index=True), y="val_acc", ax=ax_acc, **kw)
     sns.lineplot(data=pd.concat(tr_parts, ignore_index=True), y="trace_fisher", ax=ax_tr, **kw)
-    ax_acc.set(xlabel="Epoch", ylabel="Validation accuracy (%)", title=f"{title}: validation accuracy")
+    ax_acc.set(xlabel="Epoch", ylabel="Validation accuracy (%)",
+               title=f"{title}: validation accuracy")  # fmt: skip
     ax_tr.set(xlabel="Epoch", ylabel="Tr(F)", title=f"{title}: Tr(F)")
     if ax_acc.get_legend() is not None:
         ax_acc.get_legend().remove()
     if ax_tr.get_legend() is not None:
-        ax_tr.legend(title=None, fontsize="small")
+        ax_tr.legend(title=None, fontsize="small", loc="best")
 
 
 def _save_png(fig, canvas_cls, path: str | os.PathLike, dpi: int) -> None:

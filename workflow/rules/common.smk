@@ -8,9 +8,16 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 SETTINGS = config["run_settings"] or list(config["settings"])
+LOCAL = config["data"]["local"]
 for _name in SETTINGS:
     if _name not in config["settings"]:
         raise ValueError(f"run_settings names {_name!r}, which is not under settings:")
+    _dataset = config["settings"][_name]["dataset"]
+    if _dataset not in ("cifar10", "cifar100", "synthetic", *LOCAL):
+        raise ValueError(
+            f"setting {_name!r} uses dataset {_dataset!r}: not cifar10, cifar100, synthetic "
+            "or a name under data.local"
+        )
 
 REGULARIZERS = ["fp", "gp", "gpx", "gpr"]  # the Table 1 columns after eta* and Baseline
 ROLES = ["eta_star", "baseline"] + REGULARIZERS
@@ -52,8 +59,10 @@ def alpha_grid(s, reg):
 
 
 def dataset_files(wc):
-    root = config["data"]["root"]
     name = setting(wc)["dataset"]
+    if name in LOCAL:
+        return dict(LOCAL[name])
+    root = config["data"]["root"]
     return {"train": f"{root}/{name}/train.npz", "test": f"{root}/{name}/test.npz"}
 
 

@@ -17,6 +17,7 @@ rule trace_hessian:
         f"{RUN}/final/{{role}}/seed{{seed}}/hessian.log",
     benchmark:
         f"{RUN}/final/{{role}}/seed{{seed}}/hessian-benchmark.tsv"
+    threads: config["threads"]
     resources:
         runtime=TRAIN_RUNTIME,
         mem_mb=TRAIN_MEM,

@@ -19,6 +19,7 @@ rule train_lr_grid:
         f"{RUN}/lrgrid/lr{{lr}}/seed{{seed}}/train.log",
     benchmark:
         f"{RUN}/lrgrid/lr{{lr}}/seed{{seed}}/benchmark.tsv"
+    threads: config["threads"]
     resources:
         runtime=TRAIN_RUNTIME,
         mem_mb=TRAIN_MEM,
@@ -60,6 +61,7 @@ rule train_alpha_grid:
         f"{RUN}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/train.log",
     benchmark:
         f"{RUN}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/benchmark.tsv"
+    threads: config["threads"]
     resources:
         runtime=TRAIN_RUNTIME,
         mem_mb=TRAIN_MEM,
@@ -101,6 +103,7 @@ rule train_final:
         f"{RUN}/final/{{role}}/seed{{seed}}/train.log",
     benchmark:
         f"{RUN}/final/{{role}}/seed{{seed}}/benchmark.tsv"
+    threads: config["threads"]
     resources:
         runtime=TRAIN_RUNTIME,
         mem_mb=TRAIN_MEM,

@@ -13,6 +13,7 @@ from fisherlab.experiment import load_data, resolve_device  # noqa: E402
 from fisherlab.runio import json_safe, write_text_atomic  # noqa: E402
 
 sm = snakemake  # noqa: F821
+torch.set_num_threads(sm.threads)
 s, p = sm.params.setting, sm.params
 device = resolve_device(p.device)
 summary = json.loads(open(sm.input.summary).read())

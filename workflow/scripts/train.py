@@ -9,10 +9,13 @@ from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)  # noqa: F821
 
+import torch  # noqa: E402
+
 from fisherlab.experiment import load_data, resolve_device, run  # noqa: E402
 from fisherlab.trainer import TrainConfig  # noqa: E402
 
 sm = snakemake  # noqa: F821
+torch.set_num_threads(sm.threads)
 s, wc = sm.params.setting, sm.wildcards
 role = sm.params.get("role") or wc.role
 

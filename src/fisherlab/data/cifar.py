@@ -260,7 +260,8 @@ def _read_batch(members: _Members, member: str, spec: _Spec) -> tuple[np.ndarray
     labels = np.asarray(batch[spec.label_key])
     if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
         raise DatasetFormatError(
-            f"{where}: {spec.label_key!r} must be a flat list of integers, got dtype {labels.dtype}, shape {labels.shape}"
+            f"{where}: {spec.label_key!r} must be a flat list of integers, "
+            f"got dtype {labels.dtype}, shape {labels.shape}"
         )
     if len(labels) != len(data):
         raise DatasetFormatError(f"{where}: {len(data)} images but {len(labels)} {spec.label_key!r}")
