@@ -25,13 +25,15 @@ import json
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .atomic import atomic_write, write_text_atomic
 
 __all__ = [
     "TABLE1_COLUMNS",
@@ -379,24 +381,6 @@ def to_markdown(
 # ---------------------------------------------------------------------- atomic files
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    _write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), ".tmp")
-
-
 def write_table(
     table: pd.DataFrame,
     csv_path: str | os.PathLike,
@@ -405,8 +389,8 @@ def write_table(
 ) -> None:
     """Write ``table`` as CSV (``table.to_csv(index=False)``) and as Markdown
     (:func:`to_markdown`, keyword arguments passed on), each file atomically."""
-    _write_text_atomic(csv_path, table.to_csv(index=False))
-    _write_text_atomic(md_path, to_markdown(table, **markdown_kwargs))
+    write_text_atomic(csv_path, table.to_csv(index=False))
+    write_text_atomic(md_path, to_markdown(table, **markdown_kwargs))
 
 
 # -------------------------------------------------------------------------- Fig. 4
@@ -472,7 +456,8 @@ def _draw_pair(sns, ax_acc, ax_tr, runs: Mapping[str, _RunPair], title: str, smo
 
 def _save_png(fig, canvas_cls, path: str | os.PathLike, dpi: int) -> None:
     canvas_cls(fig)
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), ".png")
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 
 def fig4(

@@ -10,13 +10,15 @@ A split is one ``.npz`` file holding three arrays:
 from __future__ import annotations
 
 import os
-import tempfile
+
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fisherlab.atomic import atomic_write
 
 _KEYS = ("x", "y", "classes")
 
@@ -91,17 +93,8 @@ def save_dataset(path: str | os.PathLike, ds: ImageDataset) -> None:
     The data go to a temporary file in the same directory, which then replaces
     ``path`` via ``os.replace``; a crash never leaves a partial file at ``path``.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=ds.x, y=ds.y, classes=np.asarray(ds.classes, dtype=np.str_))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, x=ds.x, y=ds.y, classes=np.asarray(ds.classes, dtype=np.str_))
 
 
 def load_dataset(path: str | os.PathLike) -> ImageDataset:
