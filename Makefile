@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml requirements.txt
 	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)  ## the main job on the embedded demo configuration
-	$(VENV)/bin/python -m fisherlab demo --out results/demo
+demo: $(STAMP)  ## the whole pipeline on the embedded demo configuration
+	$(VENV)/bin/snakemake --configfile configs/demo.yaml --cores 2
 
 test: $(STAMP)  ## the whole test suite (what CI runs)
 	$(VENV)/bin/python -m pytest

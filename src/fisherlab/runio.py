@@ -44,3 +44,20 @@ def write_run(result: TrainResult, out_dir: str | os.PathLike, **extra: Any) -> 
     summary = json_safe({**result.summary, **extra})
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return out
+
+
+def code_version() -> str:
+    """fisherlab's version, plus ``git describe --always --dirty`` of its source tree
+    when it is installed from a git checkout (as with ``pip install -e .``)."""
+    import subprocess
+
+    from . import __version__
+
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{described}"

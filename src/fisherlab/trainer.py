@@ -273,7 +273,10 @@ def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
     best = max(st.metrics, key=lambda r: r["val_acc"], default={})
     if best and math.isnan(best["val_acc"]):
         best = last
-    fisher = [r["trace_fisher"] for r in st.curvature if math.isfinite(r["trace_fisher"])]
+    # max Tr(F) counts from the end of the first epoch on (Supplement A.2: Tr(F) explodes
+    # at initialisation in networks with BatchNorm)
+    fisher = [r["trace_fisher"] for r in st.curvature
+              if r["epoch"] >= 1 and math.isfinite(r["trace_fisher"])]  # fmt: skip
     return {
         "status": st.status,
         "message": st.message,

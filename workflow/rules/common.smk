@@ -23,7 +23,8 @@ REGULARIZERS = ["fp", "gp", "gpx", "gpr"]  # the Table 1 columns after eta* and 
 ROLES = ["eta_star", "baseline"] + REGULARIZERS
 TABLES = expand("results/{table}.{ext}", table=["table1", "table4", "table5", "table6"], ext=["csv", "md"])
 RUN = "results/runs/{setting}"
-RUN_FILES = ["summary.json", "metrics.csv", "curvature.csv", "model.pt"]
+RUN_FILES = {"summary": "summary.json", "metrics": "metrics.csv", "curvature": "curvature.csv",
+             "model": "model.pt"}  # fmt: skip
 SEARCH_SEED = config["seeds"][0]
 
 
@@ -40,6 +41,11 @@ wildcard_constraints:
 def fmt(x):
     """A number as it appears in a path: the shortest round-trip form."""
     return f"{x:.4g}"
+
+
+def run_outputs(prefix):
+    """The named outputs of a training run under ``prefix``."""
+    return {name: prefix + file for name, file in RUN_FILES.items()}
 
 
 def setting(wc):

@@ -8,7 +8,7 @@ rule train_lr_grid:
     input:
         unpack(dataset_files),
     output:
-        multiext(f"{RUN}/lrgrid/lr{{lr}}/seed{{seed}}/", *RUN_FILES),
+        **run_outputs(f"{RUN}/lrgrid/lr{{lr}}/seed{{seed}}/"),
     params:
         setting=setting,
         role="lrgrid",
@@ -51,7 +51,7 @@ rule train_alpha_grid:
         unpack(dataset_files),
         lr=f"results/selection/{{setting}}/lr_star.json",
     output:
-        multiext(f"{RUN}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/", *RUN_FILES),
+        **run_outputs(f"{RUN}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/"),
     params:
         setting=setting,
         role="alphagrid",
@@ -94,7 +94,7 @@ rule train_final:
         unpack(dataset_files),
         unpack(selections),
     output:
-        multiext(f"{RUN}/final/{{role}}/seed{{seed}}/", *RUN_FILES),
+        **run_outputs(f"{RUN}/final/{{role}}/seed{{seed}}/"),
     params:
         setting=setting,
         checkpoint=f"results/checkpoints/{{setting}}/final/{{role}}/seed{{seed}}/checkpoint.pt",

@@ -3,7 +3,6 @@ train_final). Resolves lr, regularizer and alpha from the wildcards and the sele
 files, then calls fisherlab.experiment.run."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)  # noqa: F821
 import torch  # noqa: E402
 
 from fisherlab.experiment import load_data, resolve_device, run  # noqa: E402
+from fisherlab.runio import code_version  # noqa: E402
 from fisherlab.trainer import TrainConfig  # noqa: E402
 
 sm = snakemake  # noqa: F821
@@ -44,10 +44,5 @@ cfg = TrainConfig(
 )  # fmt: skip
 data = load_data(sm.input.train, sm.input.test, val_size=s["val_size"], augment=s["augment"],
                  device=device)  # fmt: skip
-try:
-    version = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
-except (OSError, subprocess.CalledProcessError):
-    version = "unknown"
-run(cfg, data, Path(sm.output[0]).parent, checkpoint=sm.params.checkpoint, epsilon=s["epsilon"],
-    setting=wc.setting, role=role, regularizer=reg, lr=lr, alpha=alpha, code_version=version)  # fmt: skip
+run(cfg, data, Path(sm.output.summary).parent, checkpoint=sm.params.checkpoint, epsilon=s["epsilon"],
+    setting=wc.setting, role=role, regularizer=reg, lr=lr, alpha=alpha, code_version=code_version())  # fmt: skip
