@@ -173,6 +173,11 @@ def test_demo_end_to_end(tmp_path):
     assert (results / "fig4.png").stat().st_size > 10_000
     hessian = pd.read_csv(results / "hessian.csv")
     assert len(hessian) == len(columns)
+    # snakemake --report: every table and figure, with its caption
+    snakemake("--configfile", "configs/demo.yaml", "--report", "report.html", cwd=tmp_path)
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    for caption in ("Table 1: test accuracy", "Table 4: the maximum of Tr(F)", "Figure 4: validation"):
+        assert caption in html
     # nothing to do on a second call: every output is up to date
     again = snakemake("--configfile", "configs/demo.yaml", "--cores", "2", "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
