@@ -1,10 +1,11 @@
 """Adapter: the synthetic dataset in the canonical format."""
 
 import sys
+from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821  (this checkout's fisherlab)
 
-from pathlib import Path  # noqa: E402
 
 from fisherlab.data.cifar import prepare_synthetic  # noqa: E402
 

@@ -1,8 +1,10 @@
 """Adapter: Tables 1, 4, 5 and 6 (CSV and Markdown) from the final runs' summaries."""
 
 import sys
+from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821  (this checkout's fisherlab)
 
 from fisherlab import report  # noqa: E402
 

@@ -2,8 +2,10 @@
 
 import json
 import sys
+from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821  (this checkout's fisherlab)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

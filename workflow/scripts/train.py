@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "a", buffering=1)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821  (this checkout's fisherlab)
 
 import torch  # noqa: E402
 
