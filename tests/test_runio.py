@@ -64,3 +64,21 @@ def test_demo_end_to_end(tmp_path, capsys):
 def test_demo_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         main(["demo", "--epochs", "0"])
+
+
+def test_experiment_load_data_and_run(tmp_path):
+    from fisherlab import save_dataset
+    from fisherlab.experiment import load_data, run
+
+    save_dataset(tmp_path / "train.npz", make_synthetic(80, num_classes=3, image_size=16, seed=2))
+    save_dataset(tmp_path / "test.npz", make_synthetic(20, num_classes=3, image_size=16, seed=2, split="test"))
+    data = load_data(tmp_path / "train.npz", tmp_path / "test.npz", val_size=16, split_seed=0)
+    assert (len(data.train), len(data.val), len(data.test)) == (64, 16, 20)
+    assert abs(data.train.normalise(data.train.x).mean().item()) < 1e-4  # train-split statistics
+    cfg = TrainConfig(model_kwargs={"image_size": 16}, epochs=2, batch_size=16, lr=0.01,
+                      fisher_examples=16, fisher_every=2)  # fmt: skip
+    result = run(cfg, data, tmp_path / "run", epsilon=5.0, log=lambda s: None, role="baseline")
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    first_below = next(r["trace_fisher"] for r in result.curvature if r["train_loss_running"] < 5.0)
+    assert summary["trace_fisher_i"] == pytest.approx(first_below) and summary["role"] == "baseline"
+    assert (tmp_path / "run/model.pt").exists()

@@ -15,10 +15,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from .checkpoint import save_atomic
 from .data import DeviceData, channel_stats, load_dataset, split_validation
+from .report import trace_fisher_initial
 from .runio import write_run
 from .trainer import TrainConfig, TrainData, TrainResult, train
 
@@ -52,16 +54,6 @@ def load_data(
     return TrainData(put(train_ds, augment), val, put(load_dataset(test_path)))
 
 
-def trace_fisher_initial(curvature: list[dict[str, float]], epsilon: float) -> float:
-    """Tr(F_i) (Section 3): Tr(F) at the first measurement whose running training loss is
-    below ``epsilon``; NaN if the loss never gets there."""
-    for row in curvature:
-        loss = row["train_loss_running"]
-        if not math.isnan(loss) and loss < epsilon:
-            return row["trace_fisher"]
-    return math.nan
-
-
 def run(
     cfg: TrainConfig,
     data: TrainData,
@@ -76,7 +68,7 @@ def run(
     metrics.csv, curvature.csv, summary.json (with ``extra``, epsilon and Tr(F_i)) and
     model.pt (the final weights). The files appear only once training has ended."""
     result = train(cfg, data, checkpoint=checkpoint, log=log)
-    fisher_i = trace_fisher_initial(result.curvature, epsilon)
+    fisher_i = trace_fisher_initial(pd.DataFrame(result.curvature), epsilon)
     save_atomic(result.model.state_dict(), Path(out_dir) / "model.pt")
     write_run(result, out_dir, epsilon=epsilon, trace_fisher_i=fisher_i, **extra)
     log(f"status {result.status}; Tr(F_i) at loss < {epsilon:g}: {fisher_i:.4g}")
