@@ -13,22 +13,18 @@ import time
 
 import torch
 
-from . import TrainConfig, TrainData, train
-from .data import DeviceData, channel_stats, make_synthetic
+from . import TrainConfig, train
+from .data import make_synthetic
+from .experiment import to_device
 from .runio import write_run
 
 
 def demo(out: str, epochs: int, lr: float, alpha: float, n_train: int, device: str) -> None:
-    train_ds = make_synthetic(n_train, seed=0, split="train")
-    mean, std = channel_stats(train_ds)
-
-    def split(ds, augment=False):
-        return DeviceData(ds, device=device, mean=mean, std=std, augment=augment)
-
-    data = TrainData(
-        split(train_ds),
-        split(make_synthetic(n_train // 4, seed=0, split="val")),
-        split(make_synthetic(n_train // 4, seed=0, split="test")),
+    data = to_device(
+        make_synthetic(n_train, seed=0, split="train"),
+        make_synthetic(n_train // 4, seed=0, split="val"),
+        make_synthetic(n_train // 4, seed=0, split="test"),
+        device=device,
     )
     runs = {
         f"lr{lr:g}": TrainConfig(lr=lr),

@@ -47,7 +47,8 @@ def sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> T
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _trainable(model: nn.Module) -> list[Tensor]:
+def trainable_parameters(model: nn.Module) -> list[Tensor]:
+    """The parameters that require a gradient, in ``model.parameters()`` order."""
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -108,7 +109,7 @@ def trace_fisher(
 
 
 def _grad_sq_norm(model: nn.Module, loss: Tensor) -> float:
-    grads = torch.autograd.grad(loss, _trainable(model))
+    grads = torch.autograd.grad(loss, trainable_parameters(model))
     return sum(g.pow(2).sum() for g in grads).item()
 
 
@@ -185,7 +186,7 @@ def trace_hessian(
         raise ValueError(f"unknown probe distribution {distribution!r}")
     gen = _generator(generator, torch.device("cpu")) or torch.default_generator
     seeds = torch.randint(0, 2**62, (num_probes,), generator=gen, device=gen.device).tolist()
-    params = _trainable(model)
+    params = trainable_parameters(model)
     quad = torch.zeros(num_probes, dtype=torch.float64)
     n = len(inputs)
     with eval_mode(model), torch.enable_grad():
@@ -205,7 +206,7 @@ def mean_gradient(
 ) -> Tensor:
     """The mean gradient over a subset, (1/|S|) sum_{i in S} g(x_i, y_i), as one flat
     vector (true labels; eval mode). Used for the clean/noisy analysis (Fig. 12)."""
-    params = _trainable(model)
+    params = trainable_parameters(model)
     total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype,
                         device=params[0].device)
     with eval_mode(model), torch.enable_grad():

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .checkpoint import save_atomic
-from .data import DeviceData, channel_stats, load_dataset, split_validation
+from .data import DeviceData, ImageDataset, channel_stats, load_dataset, split_validation
 from .report import trace_fisher_initial
 from .runio import write_run
 from .trainer import TrainConfig, TrainData, TrainResult, train
@@ -32,6 +32,24 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def to_device(
+    train: ImageDataset,
+    val: ImageDataset | None,
+    test: ImageDataset | None,
+    *,
+    augment: bool = False,
+    device: str = "cpu",
+) -> TrainData:
+    """The splits on ``device``, all normalised with the training split's channel
+    statistics; augmentation on the training split only."""
+    mean, std = channel_stats(train)
+
+    def put(ds, aug=False):
+        return DeviceData(ds, device=device, mean=mean, std=std, augment=aug) if ds is not None else None
+
+    return TrainData(put(train, augment), put(val), put(test))
+
+
 def load_data(
     train_path: str | os.PathLike,
     test_path: str | os.PathLike,
@@ -41,17 +59,13 @@ def load_data(
     augment: bool = False,
     device: str = "cpu",
 ) -> TrainData:
-    """Train / validation / test splits on ``device``; augmentation on train only."""
+    """Train / validation / test splits on ``device``: the validation split is carved out
+    of the training file with a fixed seed (none when ``val_size`` is 0)."""
     full = load_dataset(train_path)
     train_idx, val_idx = split_validation(len(full), val_size, split_seed)
-    train_ds = full.subset(train_idx)
-    mean, std = channel_stats(train_ds)
-
-    def put(ds, aug=False):
-        return DeviceData(ds, device=device, mean=mean, std=std, augment=aug)
-
-    val = put(full.subset(val_idx)) if val_size else None
-    return TrainData(put(train_ds, augment), val, put(load_dataset(test_path)))
+    val = full.subset(val_idx) if val_size else None
+    return to_device(full.subset(train_idx), val, load_dataset(test_path),
+                     augment=augment, device=device)  # fmt: skip
 
 
 def run(

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .curvature import sample_labels
+from .curvature import sample_labels, trainable_parameters
 
 
 @dataclass
@@ -48,10 +48,6 @@ class StepOutput:
     loss: Tensor  # the mini-batch cross-entropy (the data term), a scalar
     logits: Tensor  # (B, C)
     penalty: Tensor | None = None  # ||v||^2 (without alpha) when recomputed this step
-
-
-def _trainable(model: nn.Module) -> list[Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _graph_grad(loss: Tensor, inputs: list[Tensor]) -> tuple[Tensor, ...]:
@@ -157,7 +153,7 @@ class GradientNormPenalty(Regularizer):
         return False
 
     def _active_backward(self, model, x, y, step) -> StepOutput:
-        params = _trainable(model)
+        params = trainable_parameters(model)
         if self._cache is not None and self._age < self.every:
             out = plain_backward(model, x, y)
             _accumulate(params, self._cache)
