@@ -20,6 +20,7 @@ import torch
 
 from .checkpoint import save_atomic
 from .data import DeviceData, ImageDataset, channel_stats, load_dataset, split_validation
+from .data.noise import apply_noisy_labels, load_noisy_labels
 from .report import trace_fisher_initial
 from .runio import write_run
 from .trainer import TrainConfig, TrainData, TrainResult, train
@@ -58,14 +59,28 @@ def load_data(
     split_seed: int = 0,
     augment: bool = False,
     device: str = "cpu",
+    noise_path: str | os.PathLike | None = None,
 ) -> TrainData:
     """Train / validation / test splits on ``device``: the validation split is carved out
-    of the training file with a fixed seed (none when ``val_size`` is 0)."""
+    of the training file with a fixed seed (none when ``val_size`` is 0).
+
+    With ``noise_path`` (a file of :mod:`fisherlab.data.noise`, checked against the
+    training file) the training file's labels are replaced first, so the validation
+    split is as noisy as the training split, and the training split gets the groups
+    ``clean`` and ``noisy`` (Section 4.1)."""
     full = load_dataset(train_path)
+    replaced = None
+    if noise_path is not None:
+        noisy = load_noisy_labels(noise_path)
+        full = apply_noisy_labels(full, noisy, where=f"{noise_path} vs {train_path}")
+        replaced = noisy.replaced
     train_idx, val_idx = split_validation(len(full), val_size, split_seed)
     val = full.subset(val_idx) if val_size else None
-    return to_device(full.subset(train_idx), val, load_dataset(test_path),
-                     augment=augment, device=device)  # fmt: skip
+    data = to_device(full.subset(train_idx), val, load_dataset(test_path), augment=augment, device=device)
+    if replaced is not None:
+        mask = torch.as_tensor(replaced[train_idx], device=device)
+        data.groups = {"clean": torch.nonzero(~mask).flatten(), "noisy": torch.nonzero(mask).flatten()}
+    return data
 
 
 def run(

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, save_atomic
 from .curvature import eval_mode, trace_fisher, trace_fisher_batch
 from .data import DeviceData
+from .memorization import group_metrics, group_samples
 from .models import build_model
 from .penalties import build_regularizer
 from .schedule import multistep_lr
@@ -53,6 +54,7 @@ class TrainConfig:
     fisher_every: int = 0  # K: measure every K steps (0: at the end of each epoch only)
     fisher_batch_size: int | None = None  # B of Tr(F_B); default: batch_size
     fisher_chunk: int = 128  # examples per Tr(F) pass (memory bound)
+    group_examples: int = 512  # per training-set group: examples of the mean gradients (Sec. 4.1)
     eval_batch_size: int = 1000
     divergence_check_every: int = 20  # steps between (device-syncing) finiteness checks
     seed: int = 0
@@ -60,7 +62,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("epochs", "batch_size", "lr", "fisher_examples", "fisher_chunk",
-                    "eval_batch_size", "divergence_check_every")  # fmt: skip
+                    "group_examples", "eval_batch_size", "divergence_check_every")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
@@ -74,11 +76,14 @@ class TrainConfig:
 
 @dataclass
 class TrainData:
-    """The splits, each held whole on the training device."""
+    """The splits, each held whole on the training device. ``groups`` optionally names
+    subsets of the training split (indices), e.g. the clean and the noisy examples of
+    Section 4.1, whose statistics (:mod:`fisherlab.memorization`) join each epoch's row."""
 
     train: DeviceData
     val: DeviceData | None = None
     test: DeviceData | None = None
+    groups: dict[str, Tensor] | None = None
 
 
 @dataclass
@@ -116,13 +121,14 @@ def train(
     """Train one run (see the module docstring); resume from ``checkpoint`` if it exists."""
     st = _restore(cfg, data, checkpoint) or _fresh(cfg, data)
     probe = _measurement_set(cfg, data.train)
+    samples = _group_samples(cfg, data)
     if not st.curvature:
         st.curvature.append(_measure(cfg, st, probe, []))
     while st.status == "running" and st.epoch < cfg.epochs:
         _set_lr(st.optimizer, multistep_lr(cfg.lr, st.epoch, cfg.milestones, cfg.gamma))
         seconds, losses = _train_epoch(cfg, st, data, probe)
         if st.status == "running":
-            st.metrics.append(_epoch_row(cfg, st, data, seconds, losses))
+            st.metrics.append(_epoch_row(cfg, st, data, seconds, losses, samples))
             log(_format_row(st.metrics[-1]))
         st.epoch += 1
         if st.status == "running" and st.epoch == cfg.epochs:
@@ -217,8 +223,11 @@ def _restore(cfg: TrainConfig, data: TrainData, path: str | Path | None) -> _Sta
     ckpt = load_checkpoint(path, map_location=cfg.device) if path is not None else None
     if ckpt is None:
         return None
-    if ckpt["config"] != cfg.to_dict():
-        changed = sorted(k for k in ckpt["config"] if ckpt["config"][k] != cfg.to_dict().get(k))
+    defaults, now = TrainConfig().to_dict(), cfg.to_dict()
+    # a key the checkpoint lacks was added to TrainConfig later: fine at its default
+    changed = sorted(k for k in now if ckpt["config"].get(k, defaults[k]) != now[k])
+    changed += sorted(k for k in ckpt["config"] if k not in now)
+    if changed:
         raise ValueError(
             f"checkpoint {path} belongs to another configuration (differs in {changed}); "
             "delete it or use another path"
@@ -241,25 +250,41 @@ def _measurement_set(cfg: TrainConfig, train: DeviceData) -> Tensor:
     return train.batch(idx)[0]
 
 
+def _group_samples(cfg: TrainConfig, data: TrainData) -> dict[str, tuple[Tensor, Tensor]]:
+    """Each group's fixed sample (seeded), normalised, never augmented."""
+    picks = group_samples(data.groups or {}, cfg.group_examples, cfg.seed + 4)
+    return {name: data.train.batch(idx) for name, idx in picks.items()}
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: DeviceData, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a whole split, in eval mode, no augmentation."""
-    loss, correct = 0.0, 0
+def predictions(model: nn.Module, split: DeviceData, batch_size: int = 1000) -> tuple[float, Tensor]:
+    """(mean cross-entropy, per-example correctness as a bool tensor) over a whole split,
+    in eval mode, no augmentation."""
+    loss, correct = 0.0, []
     with eval_mode(model):
         for x, y in split.eval_batches(batch_size):
             logits = model(x)
             loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-    return loss / len(split), correct / len(split)
+            correct.append(logits.argmax(1) == y)
+    return loss / len(split), torch.cat(correct)
 
 
-def _epoch_row(cfg, st: _State, data: TrainData, seconds: float, losses: list[Tensor]) -> dict:
+def evaluate(model: nn.Module, split: DeviceData, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) over a whole split, in eval mode, no augmentation."""
+    loss, correct = predictions(model, split, batch_size)
+    return loss, correct.sum().item() / len(correct)
+
+
+def _epoch_row(cfg, st: _State, data: TrainData, seconds: float, losses: list[Tensor], samples) -> dict:
     t0 = time.perf_counter()
     row = {"epoch": st.epoch + 1, "step": st.step, "lr": st.optimizer.param_groups[0]["lr"]}
     for name in ("train", "val", "test"):
         split = getattr(data, name)
-        loss, acc = evaluate(st.model, split, cfg.eval_batch_size) if split else (math.nan,) * 2
-        row[f"{name}_loss"], row[f"{name}_acc"] = loss, acc
+        loss, correct = predictions(st.model, split, cfg.eval_batch_size) if split else (math.nan, None)
+        row[f"{name}_loss"] = loss
+        row[f"{name}_acc"] = correct.sum().item() / len(correct) if split else math.nan
+        if name == "train" and data.groups:
+            row.update(group_metrics(st.model, correct, data.groups, samples))
     row["train_loss_running"] = torch.stack(losses).mean().item()
     row["trace_fisher"] = st.curvature[-1]["trace_fisher"]
     row["seconds"] = seconds
@@ -284,6 +309,7 @@ def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "steps": st.step,
         **{f"final_{k}": last.get(k, math.nan) for k in
            ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss")},
+        **{f"final_{k}": v for k, v in last.items() if k.startswith("train_acc_")},
         "best_epoch": best.get("epoch"),
         "best_val_acc": best.get("val_acc", math.nan),
         "test_acc_at_best_val": best.get("test_acc", math.nan),
