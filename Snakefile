@@ -1,5 +1,6 @@
 # fisherlab: the Snakemake pipeline from data to the paper's tables and figures.
 # snakemake --cores 2 results/table1.csv                       (one machine)
+# snakemake --profile slurm results/table3.csv                 (a SLURM cluster)
 # snakemake --configfile configs/demo.yaml --cores 2 all        (the offline demo)
 from snakemake.utils import min_version
 
@@ -13,6 +14,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/measure.smk"
+include: "workflow/rules/noisy.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -21,4 +23,6 @@ rule all:
         TABLES,
         "results/fig4.png",
         "results/hessian.csv",
+        NOISY_TABLES,
+        NOISY_FIGURES,
     default_target: True

@@ -61,6 +61,20 @@ def test_dry_run_of_the_paper_config():
     for target in ("results/table1.csv", "results/table4.csv", "results/table5.csv",
                    "results/table6.csv", "results/fig4.png"):  # fmt: skip
         assert target in proc.stdout
+    # noisy labels: per setting and fraction, the grids at the search seed, the baseline
+    # at every seed, the selected strength at the other seeds (the search seed's is adopted)
+    noisy, fractions = cfg["noisy"]["settings"], len(cfg["noisy"]["fractions"])
+    grids = sum(len(g) for ns in noisy.values() for g in ns["regularizers"].values())
+    regs = sum(len(ns["regularizers"]) for ns in noisy.values())
+    assert counts["train_noisy_grid"] == fractions * grids
+    assert counts["train_noisy_baseline"] == fractions * len(noisy) * seeds
+    assert counts["train_noisy_selected"] == fractions * regs * (seeds - 1)
+    assert counts["adopt_selected_run"] == counts["select_noisy"] == fractions * regs
+    assert counts["noisy_labels"] == fractions * seeds
+    assert counts["noisy_tables"] == counts["fig5"] == counts["fig12"] == 1
+    for target in ("results/table3.csv", "results/table8.csv", "results/table9.csv",
+                   "results/fig5.png", "results/fig12.png"):  # fmt: skip
+        assert target in proc.stdout
     print(f"dry run of the paper config: {seconds:.2f} s, {sum(counts.values())} jobs")
     assert seconds < 30  # the target (<= 5 s) is reported, not timed, here
 
@@ -86,6 +100,10 @@ def setting(cfg):
     return cfg["settings"]["demo_synthetic"]
 
 
+def noisy(cfg):
+    return cfg["noisy"]["settings"]["demo_noisy"]
+
+
 INVALID = {
     "unknown model": lambda c: setting(c).update(model="resnet9000"),
     "malformed dataset name": lambda c: setting(c).update(dataset="MNIST!"),
@@ -105,6 +123,14 @@ INVALID = {
     "bad setting name": lambda c: c["settings"].update({"Bad-Name": setting(c)}),
     "small-lr factor < 1": lambda c: setting(c).update(small_lr_factor=0.5),
     "unknown device": lambda c: c.update(device="tpu"),
+    "noise fraction > 1": lambda c: c["noisy"].update(fractions=[1.5]),
+    "zero noise fraction": lambda c: c["noisy"].update(fractions=[0.0]),
+    "unknown noisy regularizer": lambda c: noisy(c)["regularizers"].update(gp=[0.1]),
+    "empty strength grid": lambda c: noisy(c)["regularizers"].update(fp=[]),
+    "negative mixup beta": lambda c: noisy(c)["regularizers"].update(mixup=[-0.4]),
+    "noisy setting without a base": lambda c: noisy(c).pop("base"),
+    "unknown noisy setting key (typo)": lambda c: noisy(c).update(wieght_decay=0.0),
+    "unknown figure": lambda c: c["noisy"]["figures"].update(fig7="demo_noisy"),
 }
 
 
@@ -141,6 +167,25 @@ def test_an_unknown_dataset_is_refused_before_any_job(tmp_path):
     assert proc.returncode != 0 and "data.local" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: noisy(c).update(base="nope"), "its base 'nope' is not under settings"),
+        (lambda c: c["noisy"].update(run_settings=["nope"]), "not under noisy.settings"),
+        (lambda c: c["noisy"]["figures"].update(fig5="nope"), "not under noisy.settings"),
+        (lambda c: c["noisy"]["figures"].update(noise=0.5), "not one of noisy.fractions"),
+    ],
+)
+def test_inconsistent_noisy_configs_are_refused_before_any_job(tmp_path, edit, message):
+    cfg = copy.deepcopy(valid())
+    edit(cfg)
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(overlay), check=False)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+    assert "Job stats" not in proc.stdout + proc.stderr
+
+
 def test_lint_is_clean():
     proc = snakemake("--lint")
     assert "Congratulations" in proc.stdout + proc.stderr
@@ -173,10 +218,22 @@ def test_demo_end_to_end(tmp_path):
     assert (results / "fig4.png").stat().st_size > 10_000
     hessian = pd.read_csv(results / "hessian.csv")
     assert len(hessian) == len(columns)
+    # the noisy-label targets: Tables 3, 8, 9 and Figs. 5, 12
+    for name in ("table3", "table8", "table9"):
+        table = pd.read_csv(results / f"{name}.csv")
+        assert list(table["label_noise"]) == demo["noisy"]["fractions"]
+        for c in ("baseline", "mixup", "gpx", "fp", "gpr"):
+            assert table[f"{c}_status"].iloc[0] in ("ok", "diverged")
+            assert table[f"{c}_n"].iloc[0] + (table[f"{c}_status"].iloc[0] == "diverged") >= 1
+    fp = yaml.safe_load((REPO / "configs/demo.yaml").read_text())["noisy"]["settings"]["demo_noisy"]
+    assert pd.read_csv(results / "table3.csv")["fp_alpha"].iloc[0] in fp["regularizers"]["fp"]
+    for fig in ("fig5", "fig12"):
+        assert (results / f"{fig}.png").stat().st_size > 10_000
     # snakemake --report: every table and figure, with its caption
     snakemake("--configfile", "configs/demo.yaml", "--report", "report.html", cwd=tmp_path)
     html = (tmp_path / "report.html").read_text(errors="replace")
-    for caption in ("Table 1: test accuracy", "Table 4: the maximum of Tr(F)", "Figure 4: validation"):
+    for caption in ("Table 1: test accuracy", "Table 4: the maximum of Tr(F)", "Figure 4: validation",
+                    "Table 3: test accuracy", "Fig. 5: FP slows", "Supplement Fig. 12"):  # fmt: skip
         assert caption in html
     # nothing to do on a second call: every output is up to date
     again = snakemake("--configfile", "configs/demo.yaml", "--cores", "2", "-n", cwd=tmp_path)

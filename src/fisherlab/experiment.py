@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -81,6 +82,25 @@ def load_data(
         mask = torch.as_tensor(replaced[train_idx], device=device)
         data.groups = {"clean": torch.nonzero(~mask).flatten(), "noisy": torch.nonzero(mask).flatten()}
     return data
+
+
+def setting_config(
+    setting: Mapping[str, Any],
+    *,
+    lr: float,
+    regularizer: str = "none",
+    regularizer_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> TrainConfig:
+    """The :class:`TrainConfig` of one run of a pipeline setting (an entry of config.yaml's
+    ``settings``, or a resolved noisy setting): its recipe, plus the run's lr, regularizer
+    and seed."""
+    recipe = {k: setting[k] for k in ("model", "epochs", "batch_size", "momentum", "weight_decay",
+                                      "milestones", "gamma", "fisher_examples", "fisher_every",
+                                      "group_examples") if k in setting}  # fmt: skip
+    return TrainConfig(**recipe, lr=lr, regularizer=regularizer,
+                       regularizer_kwargs=dict(regularizer_kwargs or {}), seed=seed, device=device)  # fmt: skip
 
 
 def run(

@@ -48,6 +48,15 @@ __all__ = [
     "table4",
     "table5",
     "table6",
+    "NOISY_COLUMNS",
+    "select_hyper",
+    "noisy_table",
+    "table3",
+    "table8",
+    "table9",
+    "noisy_acc_at_clean_acc",
+    "fig5",
+    "fig12",
     "to_markdown",
     "write_table",
     "fig4",
@@ -66,7 +75,14 @@ DISPLAY_NAMES: dict[str, str] = {
     "gp": "GP",
     "fp": "FP",
     "gpr": "GPr",
+    "mixup": "Mixup",
 }
+
+#: The columns of Table 3 (and Supplement Tables 8-9): the noisy-label experiments.
+NOISY_COLUMNS: tuple[str, ...] = ("baseline", "mixup", "gpx", "fp", "gpr")
+
+#: The hyperparameters a table cell reports (when its runs have them).
+_HYPERS = (("lr", "lr"), ("alpha", "α"), ("beta", "β"))
 
 _STATUS_OK = "ok"
 
@@ -215,7 +231,7 @@ def _unique_hyper(runs: pd.DataFrame, col: str, where: str) -> float:
 def _cell(runs: pd.DataFrame, value: str, scale: float, where: str) -> dict[str, Any]:
     if runs.empty:
         return {"": math.nan, "_std": math.nan, "_n": 0, "_runs": 0, "_status": "missing",
-                "_lr": math.nan, "_alpha": math.nan}  # fmt: skip
+                **{f"_{h}": math.nan for h, _ in _HYPERS}}  # fmt: skip
     if "seed" in runs.columns:
         dup = runs[runs["seed"].notna() & runs["seed"].duplicated(keep=False)]
         if not dup.empty:
@@ -231,8 +247,7 @@ def _cell(runs: pd.DataFrame, value: str, scale: float, where: str) -> dict[str,
         "_n": n,
         "_runs": total,
         "_status": status,
-        "_lr": _unique_hyper(runs, "lr", where),
-        "_alpha": _unique_hyper(runs, "alpha", where),
+        **{f"_{h}": _unique_hyper(runs, h, where) for h, _ in _HYPERS},
     }
 
 
@@ -310,6 +325,88 @@ def table6(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
     return results_table(df, "final_train_acc", 100.0, **kwargs)
 
 
+# ------------------------------------------------- Tables 3, 8, 9 (Section 4.1)
+
+
+def select_hyper(df: pd.DataFrame, key: str, metric: str = "best_val_acc") -> float:
+    """The value of hyperparameter ``key`` (``alpha``, or ``beta`` for mixup) with the
+    highest ``metric`` averaged over seeds, among ok runs; ties go to the larger value.
+    With noisy labels the validation split is noisy too, and ``best_val_acc`` is its
+    accuracy at the best epoch (early stopping, Supplement I.3)."""
+    return _select(df, key, metric, f"select {key}")
+
+
+def noisy_table(
+    df: pd.DataFrame,
+    value: str,
+    scale: float = 1.0,
+    *,
+    noise: Sequence[float] | None = None,
+    settings: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The layout of Table 3: one row per (label noise, setting), and per column ``c`` of
+    :data:`NOISY_COLUMNS` the statistics of ``value * scale`` over the runs whose
+    ``role`` is ``c`` (the same cell columns as :func:`results_table`, plus ``c_beta``).
+    ``df`` needs ``label_noise``, ``setting``, ``role`` and ``status`` columns; ``noise``
+    and ``settings`` fix the row order (default: order of appearance)."""
+    for col in ("label_noise", "setting", "role", "status", value):
+        if col not in df.columns:
+            raise ValueError(f"noisy_table: no {col!r} column")
+    runs = df[df["role"].isin(NOISY_COLUMNS)]
+    noise = list(dict.fromkeys(runs["label_noise"].tolist())) if noise is None else list(noise)
+    settings = list(dict.fromkeys(runs["setting"].tolist())) if settings is None else list(settings)
+    suffixes = ("", "_std", "_n", "_runs", "_status") + tuple(f"_{h}" for h, _ in _HYPERS)
+    rows = []
+    for f in noise:
+        for setting in settings:
+            here = runs[(runs["label_noise"] == f) & (runs["setting"] == setting)]
+            if here.empty and not (runs["setting"] == setting).any():
+                continue
+            row: dict[str, Any] = {"label_noise": f, "setting": setting}
+            for c in NOISY_COLUMNS:
+                cell = _cell(here[here["role"] == c], value, scale, f"{f}/{setting}/{c}")
+                row.update({f"{c}{suffix}": v for suffix, v in cell.items()})
+            rows.append(row)
+    cols = ["label_noise", "setting"] + [f"{c}{s}" for c in NOISY_COLUMNS for s in suffixes]
+    out = pd.DataFrame(rows, columns=cols)
+    for c in NOISY_COLUMNS:
+        out[f"{c}_n"] = out[f"{c}_n"].astype(int)
+        out[f"{c}_runs"] = out[f"{c}_runs"].astype(int)
+    return out
+
+
+def table3(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+    """Table 3: test accuracy (%) at the best validation epoch, with noisy labels."""
+    return noisy_table(df, "test_acc_at_best_val", 100.0, **kwargs)
+
+
+def table8(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+    """Supplement Table 8: final-epoch training accuracy (%) on the clean examples."""
+    return noisy_table(df, "final_train_acc_clean", 100.0, **kwargs)
+
+
+def table9(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+    """Supplement Table 9: final-epoch training accuracy (%) on the noisy examples."""
+    return noisy_table(df, "final_train_acc_noisy", 100.0, **kwargs)
+
+
+def noisy_acc_at_clean_acc(metrics: pd.DataFrame, clean_acc: float) -> float:
+    """The training accuracy on the noisy examples when the accuracy on the clean ones
+    first reaches ``clean_acc``, interpolated linearly between epochs (Fig. 5: "training
+    accuracy on noisy examples being lower for the same accuracy on clean examples").
+    NaN if the run never reaches ``clean_acc``."""
+    m = metrics.sort_values("epoch")
+    clean = m["train_acc_clean"].to_numpy(float)
+    noisy = m["train_acc_noisy"].to_numpy(float)
+    for i in range(len(clean)):
+        if clean[i] >= clean_acc:
+            if i == 0 or clean[i] == clean[i - 1]:
+                return float(noisy[i])
+            t = (clean_acc - clean[i - 1]) / (clean[i] - clean[i - 1])
+            return float(noisy[i - 1] + t * (noisy[i] - noisy[i - 1]))
+    return math.nan
+
+
 # ------------------------------------------------------------------------- Markdown
 
 
@@ -318,7 +415,8 @@ def _fmt_hyper(x: float) -> str:
 
 
 def _table_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in TABLE1_COLUMNS if f"{c}_status" in table.columns]
+    order = NOISY_COLUMNS if "label_noise" in table.columns else TABLE1_COLUMNS
+    return [c for c in order if f"{c}_status" in table.columns]
 
 
 def _format_cell(row: pd.Series, c: str, digits: int, hyper_sep: str) -> str:
@@ -334,11 +432,8 @@ def _format_cell(row: pd.Series, c: str, digits: int, hyper_sep: str) -> str:
         text = "diverged"
     else:
         text = f"partial: {value} ({runs - n}/{runs} diverged)"
-    hyper = []
-    if pd.notna(row.get(f"{c}_lr", math.nan)):
-        hyper.append(f"lr {_fmt_hyper(row[f'{c}_lr'])}")
-    if pd.notna(row.get(f"{c}_alpha", math.nan)):
-        hyper.append(f"α {_fmt_hyper(row[f'{c}_alpha'])}")
+    hyper = [f"{symbol} {_fmt_hyper(row[f'{c}_{h}'])}" for h, symbol in _HYPERS
+             if pd.notna(row.get(f"{c}_{h}", math.nan))]  # fmt: skip
     if hyper:
         text += f"{hyper_sep}({', '.join(hyper)})"
     return text
@@ -366,13 +461,16 @@ def to_markdown(
     """
     names = setting_names or {}
     cols = _table_columns(table)
-    header = ["Setting"] + [DISPLAY_NAMES[c] for c in cols]
+    noisy = "label_noise" in table.columns
+    keys = ["Label noise", "Setting"] if noisy else ["Setting"]
+    header = keys + [DISPLAY_NAMES[c] for c in cols]
     lines = [
         "| " + " | ".join(header) + " |",
-        "| " + " | ".join([":---"] + ["---:"] * len(cols)) + " |",
+        "| " + " | ".join([":---"] * len(keys) + ["---:"] * len(cols)) + " |",
     ]
     for _, row in table.iterrows():
-        cells = [names.get(row["setting"], row["setting"])]
+        cells = [f"{row['label_noise']:.0%}"] if noisy else []
+        cells += [names.get(row["setting"], row["setting"])]
         cells += [_format_cell(row, c, digits, hyper_sep) for c in cols]
         lines.append("| " + " | ".join(_md_escape(x) for x in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -504,4 +602,86 @@ def fig4_multi(
     axes = fig.subplots(len(settings), 2, squeeze=False)
     for (setting, runs), (ax_acc, ax_tr) in zip(settings.items(), axes):
         _draw_pair(sns, ax_acc, ax_tr, runs, names.get(setting, setting), smooth)
+    _save_png(fig, Canvas, path, dpi)
+
+
+# ------------------------------------------------------------- Figs. 5, 11 and 12
+
+#: One noisy-label run for Figs. 5, 11, 12: (label, regularization strength or None for
+#: the baseline, its metrics frame with the per-group columns of fisherlab.memorization).
+NoisyRun = tuple[str, "float | None", pd.DataFrame]
+
+
+def _strength_colors(runs: Sequence[NoisyRun]) -> list[Any]:
+    """Black for the baseline; blue to red with increasing strength (log scale), as in Fig. 5."""
+    from matplotlib import colormaps
+
+    values = sorted({v for _, v, _ in runs if v is not None and v > 0})
+    cmap = colormaps["coolwarm"]
+
+    def color(v):
+        if v is None or not values:
+            return "black"
+        if len(values) == 1:
+            return cmap(1.0)
+        return cmap((math.log(v) - math.log(values[0])) / (math.log(values[-1]) - math.log(values[0])))
+
+    return [color(v) for _, v, _ in runs]
+
+
+def _check_columns(runs: Sequence[NoisyRun], cols: Sequence[str], what: str) -> None:
+    if not runs:
+        raise ValueError(f"{what}: no runs to draw")
+    for label, _, m in runs:
+        missing = [c for c in cols if c not in m.columns]
+        if missing:
+            raise ValueError(f"{what}: run {label!r} has no {missing} (was it trained on a noisy-label file?)")
+
+
+def fig5(runs: Sequence[NoisyRun], title: str, path: str | os.PathLike, *, dpi: int = 120) -> None:
+    """Fig. 5 (and Fig. 11 for another setting): how a regularizer slows the learning of
+    noisy examples more than of clean ones. Four panels against epoch, one line per run:
+    ||g_noisy||^2 / ||g_clean||^2 (the mean-gradient norms of the two groups), training
+    accuracy on the clean (solid) and noisy (dashed) examples, validation accuracy, and a
+    scatter of clean vs noisy training accuracy. Baseline in black, regularized runs blue
+    to red with increasing strength."""
+    cols = ["epoch", "train_acc_clean", "train_acc_noisy", "grad_sq_norm_clean", "grad_sq_norm_noisy", "val_acc"]
+    _check_columns(runs, cols, "fig5")
+    _, Figure, Canvas = _plotting()
+    fig = Figure(figsize=(16, 3.8), layout="constrained")
+    ax_g, ax_acc, ax_val, ax_sc = fig.subplots(1, 4)
+    for (label, _, m), color in zip(runs, _strength_colors(runs)):
+        m = m.sort_values("epoch")
+        ratio = m["grad_sq_norm_noisy"] / m["grad_sq_norm_clean"]
+        ax_g.plot(m["epoch"], ratio, color=color, label=label)
+        ax_acc.plot(m["epoch"], 100 * m["train_acc_clean"], color=color, label=label)
+        ax_acc.plot(m["epoch"], 100 * m["train_acc_noisy"], color=color, linestyle="--")
+        ax_val.plot(m["epoch"], 100 * m["val_acc"], color=color, label=label)
+        ax_sc.plot(100 * m["train_acc_clean"], 100 * m["train_acc_noisy"], "o-", color=color, markersize=3)
+    ax_g.set(xlabel="Epoch", ylabel="‖g_noisy‖² / ‖g_clean‖²", yscale="log", title=f"{title}: gradient norms")
+    ax_acc.set(xlabel="Epoch", ylabel="Training accuracy (%)", title="clean (solid) / noisy (dashed)")
+    ax_val.set(xlabel="Epoch", ylabel="Validation accuracy (%)", title="validation accuracy")
+    ax_sc.set(xlabel="Training accuracy, clean (%)", ylabel="Training accuracy, noisy (%)", title="noisy vs clean")
+    ax_g.legend(fontsize="x-small", loc="best")
+    _save_png(fig, Canvas, path, dpi)
+
+
+def fig12(panels: Mapping[str, Sequence[NoisyRun]], path: str | os.PathLike, *, dpi: int = 120) -> None:
+    """Supplement Fig. 12: the cosine between the mean gradients on the clean and on the
+    noisy training examples, cos(g_c, g_n), against epoch; one panel per regularizer
+    (e.g. FP, GPr), lines blue to red with increasing strength, the baseline in black."""
+    if not panels:
+        raise ValueError("fig12: no panels to draw")
+    for runs in panels.values():
+        _check_columns(runs, ["epoch", "grad_cosine_clean_noisy"], "fig12")
+    _, Figure, Canvas = _plotting()
+    fig = Figure(figsize=(5.5 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, runs) in zip(axes, panels.items()):
+        for (label, _, m), color in zip(runs, _strength_colors(runs)):
+            m = m.sort_values("epoch")
+            ax.plot(m["epoch"], m["grad_cosine_clean_noisy"], color=color, label=label)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set(xlabel="Epoch", ylabel="cos(g_clean, g_noisy)", title=title)
+        ax.legend(fontsize="x-small", loc="best")
     _save_png(fig, Canvas, path, dpi)

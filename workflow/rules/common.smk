@@ -65,11 +65,19 @@ def alpha_grid(s, reg):
 
 
 def dataset_files(wc):
-    name = setting(wc)["dataset"]
+    return dataset_paths(setting(wc)["dataset"])
+
+
+def dataset_paths(name):
+    """The prepared train and test files of a dataset."""
     if name in LOCAL:
         return dict(LOCAL[name])
     root = config["data"]["root"]
     return {"train": f"{root}/{name}/train.npz", "test": f"{root}/{name}/test.npz"}
+
+
+def train_file(name):
+    return dataset_paths(name)["train"]
 
 
 def lr_grid_summaries(wc):
@@ -105,14 +113,115 @@ def final_runs(file="summary.json"):
     ]
 
 
-def train_resources(attempt_scale):
+def train_resources(attempt_scale, recipe=setting):
+    """runtime and mem_mb of a training job from its setting's resources, multiplied by
+    attempt_scale at each retry."""
+
     def runtime(wc, attempt):
-        return setting(wc).get("resources", {}).get("runtime", 60) * attempt_scale ** (attempt - 1)
+        return recipe(wc).get("resources", {}).get("runtime", 60) * attempt_scale ** (attempt - 1)
 
     def mem_mb(wc, attempt):
-        return setting(wc).get("resources", {}).get("mem_mb", 8000) * attempt_scale ** (attempt - 1)
+        return recipe(wc).get("resources", {}).get("mem_mb", 8000) * attempt_scale ** (attempt - 1)
 
     return runtime, mem_mb
 
 
 TRAIN_RUNTIME, TRAIN_MEM = train_resources(2)
+
+
+# --- noisy labels (Section 4.1): Table 3, Tables 8-9, Figs. 5, 11, 12 -----------------
+
+NOISY = config["noisy"]
+NOISY_SETTINGS = NOISY["run_settings"] or list(NOISY["settings"])
+NOISY_REGS = ["mixup", "gpx", "fp", "gpr"]  # the Table 3 columns after the baseline
+NRUN = "results/runs/{setting}/noise{noise}"
+for _name in NOISY_SETTINGS:
+    if _name not in NOISY["settings"]:
+        raise ValueError(f"noisy.run_settings names {_name!r}, which is not under noisy.settings:")
+for _name, _ns in NOISY["settings"].items():
+    if _ns["base"] not in config["settings"]:
+        raise ValueError(f"noisy setting {_name!r}: its base {_ns['base']!r} is not under settings:")
+    _dataset = config["settings"][_ns["base"]]["dataset"]
+    if _dataset not in ("cifar10", "cifar100", "synthetic", *LOCAL):
+        raise ValueError(f"noisy setting {_name!r}: base dataset {_dataset!r} is unknown")
+for _fig in ("fig5", "fig11", "fig12"):
+    if NOISY["figures"][_fig] is not None and NOISY["figures"][_fig] not in NOISY["settings"]:
+        raise ValueError(f"noisy.figures.{_fig} names {NOISY['figures'][_fig]!r}, not under noisy.settings:")
+
+
+wildcard_constraints:
+    noise=r"[0-9.]+",
+    nreg="mixup|gpx|fp|gpr",
+    hyper=r"(alpha|beta)[0-9.e+-]+",
+    ndataset="[a-z0-9_]+",
+
+
+def noisy_setting(wc):
+    """A noisy setting resolved over its base: the base's recipe, with its own lr,
+    weight decay, epochs, every and group_examples."""
+    ns = NOISY["settings"][wc.setting]
+    merged = {**config["settings"][ns["base"]], **{k: v for k, v in ns.items() if v is not None}}
+    merged["lr"] = ns["lr"]
+    merged["epochs"] = ns["epochs"] or config["settings"][ns["base"]]["epochs"]
+    return merged
+
+
+def hyper_name(reg):
+    return "beta" if reg == "mixup" else "alpha"
+
+
+def noise_file(dataset, noise, seed):
+    return f"{config['data']['root']}/{dataset}/noise/frac{noise}_seed{seed}.csv"
+
+
+def noisy_inputs(wc):
+    """Data, the noise file and, when the lr is the base's eta*, the base's lr selection."""
+    ns = NOISY["settings"][wc.setting]
+    dataset = config["settings"][ns["base"]]["dataset"]
+    files = dataset_paths(dataset)
+    files["noise"] = noise_file(dataset, wc.noise, wc.seed)
+    if ns["lr"] is None:
+        files["lr"] = f"results/selection/{ns['base']}/lr_star.json"
+    return files
+
+
+def noisy_grid(name, reg):
+    return [fmt(v) for v in NOISY["settings"][name]["regularizers"][reg]]
+
+
+def noisy_regs(name):
+    return [r for r in NOISY_REGS if r in NOISY["settings"][name]["regularizers"]]
+
+
+def noisy_grid_summaries(wc):
+    return [f"{NRUN}/{wc.nreg}/{hyper_name(wc.nreg)}{v}/seed{SEARCH_SEED}/summary.json".format(
+        setting=wc.setting, noise=wc.noise) for v in noisy_grid(wc.setting, wc.nreg)]  # fmt: skip
+
+
+def noisy_final_runs(names=None, file="summary.json"):
+    """Per noisy setting, noise and seed: the baseline and each regularizer's selected run."""
+    out = []
+    for name in names or NOISY_SETTINGS:
+        for noise in NOISY["fractions"]:
+            for seed in config["seeds"]:
+                prefix = NRUN.format(setting=name, noise=fmt(noise))
+                out.append(f"{prefix}/baseline/seed{seed}/{file}")
+                out += [f"{prefix}/{reg}/selected/seed{seed}/{file}" for reg in noisy_regs(name)]
+    return out
+
+
+def noisy_figure_runs(name, regs):
+    """The runs a figure draws: the baseline and every grid run of ``regs`` (search seed)."""
+    prefix = NRUN.format(setting=name, noise=fmt(NOISY["figures"]["noise"]))
+    out = [f"{prefix}/baseline/seed{SEARCH_SEED}/summary.json"]
+    for reg in regs:
+        if reg in noisy_regs(name):
+            out += [f"{prefix}/{reg}/{hyper_name(reg)}{v}/seed{SEARCH_SEED}/summary.json" for v in noisy_grid(name, reg)]
+    return out
+
+
+NOISY_RUNTIME, NOISY_MEM = train_resources(2, noisy_setting)
+NOISY_TABLES = expand("results/{table}.{ext}", table=["table3", "table8", "table9"], ext=["csv", "md"])
+NOISY_FIGURES = [f"results/{fig}.png" for fig in ("fig5", "fig11", "fig12") if NOISY["figures"][fig] is not None]
+if NOISY_FIGURES and NOISY["figures"]["noise"] not in NOISY["fractions"]:
+    raise ValueError(f"noisy.figures.noise {NOISY['figures']['noise']} is not one of noisy.fractions")

@@ -3,6 +3,7 @@
 
 localrules:
     prepare_cifar,
+    noisy_labels,
 
 
 rule prepare_cifar:
@@ -36,3 +37,18 @@ rule prepare_synthetic:
         "../../envs/fisherlab.yaml"
     script:
         "../scripts/prepare_synthetic.py"
+
+
+rule noisy_labels:
+    # Section 4.1: exactly a fraction of the training labels replaced by uniform ones,
+    # deterministic by seed (fisherlab.data.noise). Cheap: a localrule.
+    input:
+        train=lambda wc: train_file(wc.ndataset),
+    output:
+        f"{config['data']['root']}/{{ndataset}}/noise/frac{{noise}}_seed{{seed}}.csv",
+    log:
+        "results/logs/prepare/{ndataset}_noise{noise}_seed{seed}.log",
+    conda:
+        "../../envs/fisherlab.yaml"
+    script:
+        "../scripts/noisy_labels.py"
