@@ -85,6 +85,50 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, data, regularizer, kwar
         assert torch.equal(a, b), name
 
 
+# (poll at which the flag turns on, the step the run stops at): polled after each step and
+# once more at each epoch's end; within epochs 1 and 2, and at the ends of epochs 1 and 2
+@pytest.mark.parametrize("stop_at, step", [(3, 3), (6, 6), (9, 8), (11, 10), (13, 12)])
+def test_a_stop_request_saves_the_position_within_the_epoch_and_resumes_bit_identically(tmp_path, data, stop_at, step):
+    # 192 examples / 32 = 6 steps per epoch; FP refreshes every 4 steps, so stops fall
+    # between refreshes (the cached penalty gradient must survive) and at epoch ends
+    cfg = config(fisher_every=5)
+    ref = train(cfg, data)
+    ckpt, steps = tmp_path / "ckpt.pt", []
+
+    def stop():
+        steps.append(None)
+        return len(steps) >= stop_at  # sticky, like a received signal
+
+    first = train(cfg, data, checkpoint=ckpt, should_stop=stop)
+    assert first.status == "preempted"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["progress"]["step"] == step
+    assert (saved["partial"] is None) == (step % 6 == 0)
+    resumed = train(cfg, data, checkpoint=ckpt, should_stop=lambda: False)
+    assert resumed.status == ref.status == "ok"
+    assert without_timing(resumed.metrics) == without_timing(ref.metrics)
+    assert without_timing(resumed.curvature) == without_timing(ref.curvature)
+    for (name, a), b in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_slurm_signals_set_the_stop_flag():
+    import os
+    import signal
+
+    from fisherlab.preemption import StopFlag
+
+    before = signal.getsignal(signal.SIGUSR1)
+    flag = StopFlag()
+    try:
+        assert not flag()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert flag() and flag.name == "SIGUSR1"
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
 def test_finished_run_is_not_retrained(tmp_path, data):
     cfg, ckpt = config(epochs=1), tmp_path / "c.pt"
     first = train(cfg, data, checkpoint=ckpt)

@@ -30,6 +30,8 @@ from .penalties import (
     StepOutput,
     build_regularizer,
 )
+from .memorization import group_metrics
+from .preemption import Preempted, StopFlag
 from .schedule import every_n_epochs, multistep_lr
 from .trainer import TrainConfig, TrainData, TrainResult, evaluate, train
 from .data import (
@@ -43,11 +45,36 @@ from .data import (
     save_dataset,
     split_validation,
 )
-from .report import fig4, fig4_multi, load_summaries, select_alpha, select_lr, table1, table4, table5, table6
+from .report import (
+    fig4,
+    fig4_multi,
+    fig5,
+    fig12,
+    load_summaries,
+    select_alpha,
+    select_hyper,
+    select_lr,
+    table1,
+    table3,
+    table4,
+    table5,
+    table6,
+    table8,
+    table9,
+)
 from .runio import write_run
 
 
 __all__ = [
+    "Preempted",
+    "StopFlag",
+    "group_metrics",
+    "fig5",
+    "fig12",
+    "select_hyper",
+    "table3",
+    "table8",
+    "table9",
     "DatasetFormatError",
     "DeviceData",
     "FisherPenalty",

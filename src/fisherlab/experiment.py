@@ -22,6 +22,7 @@ import torch
 from .checkpoint import save_atomic
 from .data import DeviceData, ImageDataset, channel_stats, load_dataset, split_validation
 from .data.noise import apply_noisy_labels, load_noisy_labels
+from .preemption import Preempted
 from .report import trace_fisher_initial
 from .runio import write_run
 from .trainer import TrainConfig, TrainData, TrainResult, train
@@ -111,12 +112,19 @@ def run(
     checkpoint: str | os.PathLike | None = None,
     epsilon: float = math.nan,
     log=print,
+    should_stop=None,
     **extra: Any,
 ) -> TrainResult:
     """Train (resuming from ``checkpoint``), then write the run's files under ``out_dir``:
     metrics.csv, curvature.csv, summary.json (with ``extra``, epsilon and Tr(F_i)) and
-    model.pt (the final weights). The files appear only once training has ended."""
-    result = train(cfg, data, checkpoint=checkpoint, log=log)
+    model.pt (the final weights). The files appear only once training has ended.
+
+    If ``should_stop`` (see :func:`fisherlab.trainer.train`) stops the run, its state is
+    in ``checkpoint``, nothing is written to ``out_dir``, and :class:`Preempted` is raised."""
+    result = train(cfg, data, checkpoint=checkpoint, log=log, should_stop=should_stop)
+    if result.status == "preempted":
+        raise Preempted(f"stopped on request at step {result.summary['steps']}; the state is in "
+                        f"{checkpoint}, and running again resumes from it")  # fmt: skip
     fisher_i = trace_fisher_initial(pd.DataFrame(result.curvature), epsilon)
     save_atomic(result.model.state_dict(), Path(out_dir) / "model.pt")
     write_run(result, out_dir, epsilon=epsilon, trace_fisher_i=fisher_i, **extra)

@@ -88,7 +88,7 @@ class TrainData:
 
 @dataclass
 class TrainResult:
-    status: str  # "ok" or "diverged"
+    status: str  # "ok", "diverged", or "preempted" (stopped by should_stop; resumable)
     metrics: list[dict[str, float]]  # one row per epoch
     curvature: list[dict[str, float]]  # one row per measurement
     summary: dict[str, Any]
@@ -110,6 +110,7 @@ class _State:
     message: str = ""
     metrics: list[dict] = field(default_factory=list)
     curvature: list[dict] = field(default_factory=list)
+    partial: dict | None = None  # an epoch stopped midway: order, position, losses, seconds
 
 
 def train(
@@ -117,8 +118,14 @@ def train(
     data: TrainData,
     checkpoint: str | Path | None = None,
     log: Callable[[str], None] = lambda s: None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train one run (see the module docstring); resume from ``checkpoint`` if it exists."""
+    """Train one run (see the module docstring); resume from ``checkpoint`` if it exists.
+
+    ``should_stop`` is polled after every step (e.g. a :class:`fisherlab.preemption.StopFlag`
+    set by SLURM's signal before a time-out): when it returns True, the state, the
+    position within the epoch included, is saved to ``checkpoint`` and the run returns
+    with status ``preempted``; calling ``train`` again continues exactly there."""
     st = _restore(cfg, data, checkpoint) or _fresh(cfg, data)
     probe = _measurement_set(cfg, data.train)
     samples = _group_samples(cfg, data)
@@ -126,7 +133,12 @@ def train(
         st.curvature.append(_measure(cfg, st, probe, []))
     while st.status == "running" and st.epoch < cfg.epochs:
         _set_lr(st.optimizer, multistep_lr(cfg.lr, st.epoch, cfg.milestones, cfg.gamma))
-        seconds, losses = _train_epoch(cfg, st, data, probe)
+        seconds, losses = _train_epoch(cfg, st, data, probe, should_stop)
+        if st.partial is not None:  # stopped within the epoch
+            if checkpoint is not None:
+                save_atomic(_state_dict(cfg, st), checkpoint)
+            log(f"stop requested: state saved at step {st.step} (epoch {st.epoch + 1}) to {checkpoint}")
+            return TrainResult("preempted", st.metrics, st.curvature, summarize(cfg, st), st.model)
         if st.status == "running":
             st.metrics.append(_epoch_row(cfg, st, data, seconds, losses, samples))
             log(_format_row(st.metrics[-1]))
@@ -135,16 +147,26 @@ def train(
             st.status = "ok"
         if checkpoint is not None:
             save_atomic(_state_dict(cfg, st), checkpoint)
+        if st.status == "running" and should_stop is not None and should_stop():
+            log(f"stop requested: state saved after epoch {st.epoch} to {checkpoint}")
+            return TrainResult("preempted", st.metrics, st.curvature, summarize(cfg, st), st.model)
     return TrainResult(st.status, st.metrics, st.curvature, summarize(cfg, st), st.model)
 
 
-def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor):
-    """One pass over the training set; returns (seconds, per-step losses)."""
+def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor, should_stop=None):
+    """One pass over the training set (or the rest of it, after a stop); returns
+    (seconds, per-step losses). When ``should_stop()`` turns True it leaves the epoch's
+    position in ``st.partial`` and returns early."""
     model, device = st.model.train(), torch.device(cfg.device)
-    losses, window, measure_s = [], [], 0.0
+    part = st.partial or {"order": data.train.epoch_order(st.data_rng), "position": 0,
+                          "losses": [], "window": [], "seconds": 0.0}  # fmt: skip
+    st.partial = None
+    as_tensors = lambda xs: [torch.tensor(v, device=device) for v in xs]  # noqa: E731
+    losses, window, measure_s = as_tensors(part["losses"]), as_tensors(part["window"]), 0.0
     _sync(device)
     start = time.perf_counter()
-    for x, y in data.train.batches(cfg.batch_size, st.data_rng):
+    batches = data.train.batches(cfg.batch_size, st.data_rng, order=part["order"], start=part["position"])
+    for position, (x, y) in enumerate(batches, start=part["position"] + 1):
         st.optimizer.zero_grad(set_to_none=True)
         out = st.regularizer.backward(model, x, y, step=st.step, epoch=st.epoch)
         st.optimizer.step()
@@ -158,8 +180,15 @@ def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor):
                 break
             measure_s += _timed(device, lambda: st.curvature.append(_measure(cfg, st, probe, window)))
             window = []
+        if should_stop is not None and should_stop() and position * cfg.batch_size < len(data.train):
+            st.partial = {"order": part["order"], "position": position, "losses": [v.item() for v in losses],
+                          "window": [v.item() for v in window], "seconds": part["seconds"]}  # fmt: skip
+            break
     _sync(device)
-    seconds = time.perf_counter() - start - measure_s
+    seconds = time.perf_counter() - start - measure_s + part["seconds"]
+    if st.partial is not None:
+        st.partial["seconds"] = seconds
+        return seconds, losses
     if not _diverged(st, losses) and st.curvature[-1]["step"] != st.step:
         st.curvature.append(_measure(cfg, st, probe, window))
     return seconds, losses
@@ -216,6 +245,7 @@ def _state_dict(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "progress": {k: getattr(st, k) for k in ("epoch", "step", "status", "message")},
         "metrics": st.metrics,
         "curvature": st.curvature,
+        "partial": st.partial,
     }
 
 
@@ -240,6 +270,9 @@ def _restore(cfg: TrainConfig, data: TrainData, path: str | Path | None) -> _Sta
     for k, v in ckpt["progress"].items():
         setattr(st, k, v)
     st.metrics, st.curvature = ckpt["metrics"], ckpt["curvature"]
+    st.partial = ckpt.get("partial")
+    if st.partial is not None:
+        st.partial["order"] = st.partial["order"].to(cfg.device)
     return st
 
 

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F
 import torch  # noqa: E402
 
 from fisherlab.experiment import load_data, resolve_device, run, setting_config  # noqa: E402
+from fisherlab.preemption import StopFlag  # noqa: E402
 from fisherlab.runio import code_version  # noqa: E402
 
 sm = snakemake  # noqa: F821
@@ -60,6 +61,7 @@ device = resolve_device(sm.params.device)
 cfg = setting_config(s, lr=lr, regularizer=reg, regularizer_kwargs=reg_kwargs, seed=int(wc.seed), device=device)
 data = load_data(sm.input.train, sm.input.test, val_size=s["val_size"], augment=s["augment"],
                  device=device, noise_path=sm.input.get("noise"))  # fmt: skip
-run(cfg, data, Path(sm.output.summary).parent, checkpoint=sm.params.checkpoint, epsilon=s["epsilon"],
+stop = StopFlag()  # SIGTERM / SIGUSR1 from SLURM before a time-out: save the state, exit 1, resume on retry
+run(cfg, data, Path(sm.output.summary).parent, checkpoint=sm.params.checkpoint, epsilon=s["epsilon"], should_stop=stop,
     setting=wc.setting, role=role, regularizer=reg, lr=lr, **strength,
     code_version=code_version(), **extra)  # fmt: skip

@@ -123,11 +123,14 @@ class DeviceData:
         generator: torch.Generator | None,
         shuffle: bool = True,
         drop_last: bool = False,
+        order: torch.Tensor | None = None,
+        start: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of ``(x, y)`` batches, shuffled by ``torch.randperm`` on ``generator``.
 
         The same generator drives augmentation. It may be None only when neither
-        shuffling nor augmenting.
+        shuffling nor augmenting. ``order`` (an epoch's permutation, e.g. from
+        :meth:`epoch_order`) and ``start`` (batches already done) resume an epoch midway.
         """
         _check_batch_size(batch_size)
         if generator is None and (shuffle or self.augment):
@@ -135,12 +138,19 @@ class DeviceData:
         if generator is not None:
             _check_generator(generator, self.device)
         n = len(self)
-        if shuffle:
-            order = torch.randperm(n, generator=generator, device=self.device)
-        else:
-            order = torch.arange(n, device=self.device)
+        if order is None:
+            order = self.epoch_order(generator, shuffle)
         stop = n - n % batch_size if drop_last else n
-        return (self.batch(order[i : i + batch_size], generator) for i in range(0, stop, batch_size))
+        return (
+            self.batch(order[i : i + batch_size], generator)
+            for i in range(start * batch_size, stop, batch_size)
+        )
+
+    def epoch_order(self, generator: torch.Generator | None, shuffle: bool = True) -> torch.Tensor:
+        """The order of one epoch: ``torch.randperm`` on ``generator``, or 0..N-1."""
+        if shuffle:
+            return torch.randperm(len(self), generator=generator, device=self.device)
+        return torch.arange(len(self), device=self.device)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """All examples in order, in batches of ``batch_size``, never augmented."""
