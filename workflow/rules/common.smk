@@ -1,5 +1,6 @@
 # Validation, wildcard constraints and input functions. Wiring only.
 import math
+import os
 
 import numpy as np
 from snakemake.utils import validate
@@ -113,17 +114,63 @@ def final_runs(file="summary.json"):
     ]
 
 
+# First-attempt cost of a model (minutes per epoch of 50k 32x32 images on one GPU, with
+# the Tr(F) measurements; memory in MB): rough figures that a setting's resources
+# override. Retries double both.
+MODEL_COST = {
+    "simple_cnn": (0.2, 8000),
+    "vgg11": (0.4, 12000),
+    "wrn44_3": (1.5, 16000),
+    "wrn44_3_skipinit": (1.5, 16000),
+    "densenet40_12": (2.0, 16000),
+    "resnet26": (0.4, 8000),
+    "resnet32": (0.5, 8000),
+    "resnet52": (0.8, 12000),
+    "resnet56": (0.8, 12000),
+    "resnet18_fixup": (3.0, 48000),
+}
+
+
 def train_resources(attempt_scale, recipe=setting):
-    """runtime and mem_mb of a training job from its setting's resources, multiplied by
+    """runtime (minutes) and mem_mb of a training job: the setting's, or computed from
+    its model and epochs (runtime = 10 + 1.5 x epochs x minutes per epoch), multiplied by
     attempt_scale at each retry."""
 
+    def cost(wc):
+        s = recipe(wc)
+        res, (per_epoch, mem) = s.get("resources", {}), MODEL_COST.get(s["model"], (1.0, 16000))
+        runtime = res.get("runtime") or math.ceil(10 + 1.5 * s["epochs"] * (res.get("minutes_per_epoch") or per_epoch))
+        return runtime, res.get("mem_mb") or mem
+
     def runtime(wc, attempt):
-        return recipe(wc).get("resources", {}).get("runtime", 60) * attempt_scale ** (attempt - 1)
+        return cost(wc)[0] * attempt_scale ** (attempt - 1)
 
     def mem_mb(wc, attempt):
-        return recipe(wc).get("resources", {}).get("mem_mb", 8000) * attempt_scale ** (attempt - 1)
+        return cost(wc)[1] * attempt_scale ** (attempt - 1)
 
     return runtime, mem_mb
+
+
+def _slurm_resources(gpus):
+    """Account, partition (config, else SBATCH_ACCOUNT / SBATCH_PARTITION), the GPUs and
+    the pre-time-out signal, as resources the SLURM plugin turns into sbatch flags; on one
+    machine they are ignored."""
+    slurm = config["slurm"]
+    out = {}
+    account = slurm["account"] or os.environ.get("SBATCH_ACCOUNT")
+    partition = slurm["partition"] or os.environ.get("SBATCH_PARTITION")
+    if account:
+        out["slurm_account"] = account
+    if partition:
+        out["slurm_partition"] = partition
+    if gpus and slurm["gpus"]:
+        out["gpu"] = slurm["gpus"]
+    if gpus and slurm["signal_seconds"]:
+        out["slurm_extra"] = f"'--signal=USR1@{slurm['signal_seconds']}'"
+    return out
+
+
+SLURM_GPU = _slurm_resources(gpus=True)  # training and measurement jobs (the rest are localrules)
 
 
 TRAIN_RUNTIME, TRAIN_MEM = train_resources(2)

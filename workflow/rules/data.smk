@@ -3,6 +3,7 @@
 
 localrules:
     prepare_cifar,
+    prepare_synthetic,
     noisy_labels,
 
 

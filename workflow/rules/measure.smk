@@ -19,8 +19,9 @@ rule trace_hessian:
         f"{RUN}/final/{{role}}/seed{{seed}}/hessian-benchmark.tsv"
     threads: config["threads"]
     resources:
-        runtime=TRAIN_RUNTIME,
+        runtime=lambda wc, attempt: 30 * 2 ** (attempt - 1),
         mem_mb=TRAIN_MEM,
+        **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
     script:

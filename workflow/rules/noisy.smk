@@ -32,6 +32,7 @@ rule train_noisy_baseline:
     resources:
         runtime=NOISY_RUNTIME,
         mem_mb=NOISY_MEM,
+        **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
     script:
@@ -58,6 +59,7 @@ rule train_noisy_grid:
     resources:
         runtime=NOISY_RUNTIME,
         mem_mb=NOISY_MEM,
+        **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
     script:
@@ -118,6 +120,7 @@ rule train_noisy_selected:
     resources:
         runtime=NOISY_RUNTIME,
         mem_mb=NOISY_MEM,
+        **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
     script:

@@ -3,6 +3,11 @@
 # resumes from results/checkpoints/<...>/checkpoint.pt, kept outside the declared outputs.
 
 
+localrules:
+    select_lr,
+    select_alpha,
+
+
 rule train_lr_grid:
     # eta* search: plain training (no regularizer) at each lr of the grid, first seed.
     input:
@@ -23,6 +28,7 @@ rule train_lr_grid:
     resources:
         runtime=TRAIN_RUNTIME,
         mem_mb=TRAIN_MEM,
+        **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
     script:
@@ -65,6 +71,7 @@ rule train_alpha_grid:
     resources:
         runtime=TRAIN_RUNTIME,
         mem_mb=TRAIN_MEM,
+        **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
     script:
@@ -107,6 +114,7 @@ rule train_final:
     resources:
         runtime=TRAIN_RUNTIME,
         mem_mb=TRAIN_MEM,
+        **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
     script:
