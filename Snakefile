@@ -20,8 +20,9 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        TABLES,
-        "results/fig4.png",
+        TABLES if table_settings(1) else [],
+        "results/fig4.png" if table_settings(1) else [],
+        TABLES2 if table_settings(2) else [],
         "results/hessian.csv",
         NOISY_TABLES,
         NOISY_FIGURES,

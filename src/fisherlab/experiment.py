@@ -99,7 +99,7 @@ def setting_config(
     and seed."""
     recipe = {k: setting[k] for k in ("model", "epochs", "batch_size", "momentum", "weight_decay",
                                       "milestones", "gamma", "fisher_examples", "fisher_every",
-                                      "group_examples") if k in setting}  # fmt: skip
+                                      "group_examples", "bn_update_batches") if k in setting}  # fmt: skip
     return TrainConfig(**recipe, lr=lr, regularizer=regularizer,
                        regularizer_kwargs=dict(regularizer_kwargs or {}), seed=seed, device=device)  # fmt: skip
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batchnorm import recalibrated_batchnorm
 from .checkpoint import load_checkpoint, save_atomic
 from .curvature import eval_mode, trace_fisher, trace_fisher_batch
 from .data import DeviceData
@@ -55,6 +56,7 @@ class TrainConfig:
     fisher_batch_size: int | None = None  # B of Tr(F_B); default: batch_size
     fisher_chunk: int = 128  # examples per Tr(F) pass (memory bound)
     group_examples: int = 512  # per training-set group: examples of the mean gradients (Sec. 4.1)
+    bn_update_batches: int = 0  # evaluate with BN statistics from this many training batches (I.2: 100)
     eval_batch_size: int = 1000
     divergence_check_every: int = 20  # steps between (device-syncing) finiteness checks
     seed: int = 0
@@ -66,7 +68,7 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay", "fisher_every"):
+        for name in ("momentum", "weight_decay", "fisher_every", "bn_update_batches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -311,13 +313,15 @@ def evaluate(model: nn.Module, split: DeviceData, batch_size: int = 1000) -> tup
 def _epoch_row(cfg, st: _State, data: TrainData, seconds: float, losses: list[Tensor], samples) -> dict:
     t0 = time.perf_counter()
     row = {"epoch": st.epoch + 1, "step": st.step, "lr": st.optimizer.param_groups[0]["lr"]}
-    for name in ("train", "val", "test"):
-        split = getattr(data, name)
-        loss, correct = predictions(st.model, split, cfg.eval_batch_size) if split else (math.nan, None)
-        row[f"{name}_loss"] = loss
-        row[f"{name}_acc"] = correct.sum().item() / len(correct) if split else math.nan
-        if name == "train" and data.groups:
-            row.update(group_metrics(st.model, correct, data.groups, samples))
+    seed = cfg.seed * 1_000_003 + st.epoch  # BN recalibration batches: not the training RNG
+    with recalibrated_batchnorm(st.model, data.train, cfg.bn_update_batches, cfg.batch_size, seed):
+        for name in ("train", "val", "test"):
+            split = getattr(data, name)
+            loss, correct = predictions(st.model, split, cfg.eval_batch_size) if split else (math.nan, None)
+            row[f"{name}_loss"] = loss
+            row[f"{name}_acc"] = correct.sum().item() / len(correct) if split else math.nan
+            if name == "train" and data.groups:
+                row.update(group_metrics(st.model, correct, data.groups, samples))
     row["train_loss_running"] = torch.stack(losses).mean().item()
     row["trace_fisher"] = st.curvature[-1]["trace_fisher"]
     row["seconds"] = seconds

@@ -23,6 +23,7 @@ for _name in SETTINGS:
 REGULARIZERS = ["fp", "gp", "gpx", "gpr"]  # the Table 1 columns after eta* and Baseline
 ROLES = ["eta_star", "baseline"] + REGULARIZERS
 TABLES = expand("results/{table}.{ext}", table=["table1", "table4", "table5", "table6"], ext=["csv", "md"])
+TABLES2 = expand("results/{table}.{ext}", table=["table2", "table7"], ext=["csv", "md"])
 RUN = "results/runs/{setting}"
 RUN_FILES = {"summary": "summary.json", "metrics": "metrics.csv", "curvature": "curvature.csv",
              "model": "model.pt"}  # fmt: skip
@@ -54,9 +55,15 @@ def setting(wc):
 
 
 def roles(name):
-    """The Table 1 columns of a setting: eta*, Baseline, then its regularizers."""
-    regs = config["settings"][name]["regularizers"]
-    return ["eta_star", "baseline"] + [r for r in REGULARIZERS if r in regs]
+    """The columns of a setting: eta*, Baseline (Table 1 only), then its regularizers."""
+    s = config["settings"][name]
+    head = ["eta_star", "baseline"] if s["table"] == 1 else ["eta_star"]
+    return head + [r for r in REGULARIZERS if r in s["regularizers"]]
+
+
+def lr_factor(s):
+    """The regularizers run at eta* / this: small_lr_factor in Table 1, 1 in Table 2."""
+    return s["small_lr_factor"] if s["table"] == 1 else 1.0
 
 
 def alpha_grid(s, reg):
@@ -105,13 +112,19 @@ def selections(wc):
     return files
 
 
-def final_runs(file="summary.json"):
+def final_runs(file="summary.json", table=None):
+    """The final runs of every setting (of Table ``table`` only, when given)."""
     return [
         f"results/runs/{name}/final/{role}/seed{seed}/{file}"
         for name in SETTINGS
+        if table is None or config["settings"][name]["table"] == table
         for role in roles(name)
         for seed in config["seeds"]
     ]
+
+
+def table_settings(table):
+    return [name for name in SETTINGS if config["settings"][name]["table"] == table]
 
 
 # First-attempt cost of a model (minutes per epoch of 50k 32x32 images on one GPU, with

@@ -1,4 +1,4 @@
-"""Adapter: Tables 1, 4, 5 and 6 (CSV and Markdown) from the final runs' summaries."""
+"""Adapter: Tables 1, 4, 5, 6 or Tables 2, 7 (CSV and Markdown) from the final runs' summaries."""
 
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ from fisherlab import report  # noqa: E402
 
 sm = snakemake  # noqa: F821
 runs = report.load_summaries(list(sm.input))
-for name in ("table1", "table4", "table5", "table6"):
-    table = getattr(report, name)(runs)
+for name in sm.params.tables:
+    table = getattr(report, name)(runs, settings=sm.params.settings)
     report.write_table(table, sm.output[f"{name}_csv"], sm.output[f"{name}_md"])
     print(name, table, sep="\n")

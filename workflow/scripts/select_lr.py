@@ -16,7 +16,7 @@ if s["lr_star"] is not None:
     lr_star, source = float(s["lr_star"]), "config"
 else:
     lr_star, source = select_lr(load_summaries(list(sm.input))), "search"
-choice = {"lr_star": lr_star, "lr_small": lr_star / s["small_lr_factor"],
-          "small_lr_factor": s["small_lr_factor"], "source": source}  # fmt: skip
+factor = s["small_lr_factor"] if s["table"] == 1 else 1.0  # Table 2: the regularizers at eta* itself
+choice = {"lr_star": lr_star, "lr_small": lr_star / factor, "small_lr_factor": factor, "source": source}
 print(choice)
 write_text_atomic(sm.output[0], json.dumps(choice, indent=2) + "\n")
