@@ -51,15 +51,21 @@ def test_dry_run_of_the_paper_config():
     counts = job_counts(proc.stdout)
     cfg = paper_config()
     seeds = len(cfg["seeds"])
-    expected_train = 0
-    for s in cfg["settings"].values():
-        regs = len(s["regularizers"])
-        expected_train += len(s["lr_grid"]) + 10 * regs + (2 + regs) * seeds
+    expected_train, expected_final = 0, 0
+    noisy_bases = {ns["base"] for ns in cfg["noisy"]["settings"].values() if ns.get("lr") is None}
+    for name, s in cfg["settings"].items():
+        regs, table = len(s["regularizers"]), s.get("table", 1)
+        if table == 0:  # a recipe: only the lr search a noisy setting needs
+            expected_train += len(s["lr_grid"]) if name in noisy_bases else 0
+            continue
+        final = ((2 if table == 1 else 1) + regs) * seeds  # Table 2 has no Baseline column
+        expected_train += len(s["lr_grid"]) + 10 * regs + final
+        expected_final += final
     assert counts["train_lr_grid"] + counts["train_alpha_grid"] + counts["train_final"] == expected_train
-    assert counts["train_final"] == sum((2 + len(s["regularizers"])) * seeds for s in cfg["settings"].values())
-    assert counts["tables"] == counts["fig4"] == counts["all"] == 1
+    assert counts["train_final"] == expected_final
+    assert counts["tables"] == counts["tables2"] == counts["fig4"] == counts["all"] == 1
     for target in ("results/table1.csv", "results/table4.csv", "results/table5.csv",
-                   "results/table6.csv", "results/fig4.png"):  # fmt: skip
+                   "results/table6.csv", "results/fig4.png", "results/table2.csv", "results/table7.csv"):  # fmt: skip
         assert target in proc.stdout
     # noisy labels: per setting and fraction, the grids at the search seed, the baseline
     # at every seed, the selected strength at the other seeds (the search seed's is adopted)
@@ -71,9 +77,9 @@ def test_dry_run_of_the_paper_config():
     assert counts["train_noisy_selected"] == fractions * regs * (seeds - 1)
     assert counts["adopt_selected_run"] == counts["select_noisy"] == fractions * regs
     assert counts["noisy_labels"] == fractions * seeds
-    assert counts["noisy_tables"] == counts["fig5"] == counts["fig12"] == 1
+    assert counts["noisy_tables"] == counts["fig5"] == counts["fig11"] == counts["fig12"] == 1
     for target in ("results/table3.csv", "results/table8.csv", "results/table9.csv",
-                   "results/fig5.png", "results/fig12.png"):  # fmt: skip
+                   "results/fig5.png", "results/fig11.png", "results/fig12.png"):  # fmt: skip
         assert target in proc.stdout
     print(f"dry run of the paper config: {seconds:.2f} s, {sum(counts.values())} jobs")
     assert seconds < 30  # the target (<= 5 s) is reported, not timed, here
@@ -85,11 +91,16 @@ def test_a_fixed_lr_star_and_alpha_skip_the_searches(tmp_path):
         s["lr_star"] = 0.1
         for r in s["regularizers"].values():
             r["alpha"] = 0.01
+    for ns in cfg["noisy"]["settings"].values():  # one-value grids: no noisy search either
+        ns["regularizers"] = {reg: grid[:1] for reg, grid in ns["regularizers"].items()}
     overlay = tmp_path / "fixed.yaml"
     overlay.write_text(yaml.safe_dump(cfg))
     counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", str(overlay)).stdout)
     assert "train_lr_grid" not in counts and "train_alpha_grid" not in counts
-    assert counts["select_lr"] == len(cfg["settings"])
+    assert counts["train_noisy_grid"] == counts["select_noisy"] == counts["adopt_selected_run"]
+    ran = [n for n, s in cfg["settings"].items() if s.get("table", 1) != 0]
+    bases = {ns["base"] for ns in cfg["noisy"]["settings"].values()}
+    assert counts["select_lr"] == len(set(ran) | bases)
 
 
 def valid() -> dict:

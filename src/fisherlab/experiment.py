@@ -97,7 +97,7 @@ def setting_config(
     """The :class:`TrainConfig` of one run of a pipeline setting (an entry of config.yaml's
     ``settings``, or a resolved noisy setting): its recipe, plus the run's lr, regularizer
     and seed."""
-    recipe = {k: setting[k] for k in ("model", "epochs", "batch_size", "momentum", "weight_decay",
+    recipe = {k: setting[k] for k in ("model", "model_kwargs", "epochs", "batch_size", "momentum", "weight_decay",
                                       "milestones", "gamma", "fisher_examples", "fisher_every",
                                       "group_examples", "bn_update_batches") if k in setting}  # fmt: skip
     return TrainConfig(**recipe, lr=lr, regularizer=regularizer,

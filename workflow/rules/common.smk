@@ -8,15 +8,16 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
-SETTINGS = config["run_settings"] or list(config["settings"])
+SETTINGS = config["run_settings"] or [n for n, s in config["settings"].items() if s.get("table", 1) != 0]
+BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic", "tinyimagenet", "imagenet")
 LOCAL = config["data"]["local"]
 for _name in SETTINGS:
     if _name not in config["settings"]:
         raise ValueError(f"run_settings names {_name!r}, which is not under settings:")
     _dataset = config["settings"][_name]["dataset"]
-    if _dataset not in ("cifar10", "cifar100", "synthetic", *LOCAL):
+    if _dataset not in (*BUILTIN_DATASETS, *LOCAL):
         raise ValueError(
-            f"setting {_name!r} uses dataset {_dataset!r}: not cifar10, cifar100, synthetic "
+            f"setting {_name!r} uses dataset {_dataset!r}: not one of {', '.join(BUILTIN_DATASETS)} "
             "or a name under data.local"
         )
 
@@ -32,7 +33,7 @@ SEARCH_SEED = config["seeds"][0]
 
 wildcard_constraints:
     setting="[a-z0-9_]+",
-    dataset="cifar10|cifar100|synthetic",
+    dataset="|".join(BUILTIN_DATASETS),
     reg="fp|gp|gpx|gpr",
     role="|".join(ROLES),
     seed=r"\d+",
@@ -202,7 +203,7 @@ for _name, _ns in NOISY["settings"].items():
     if _ns["base"] not in config["settings"]:
         raise ValueError(f"noisy setting {_name!r}: its base {_ns['base']!r} is not under settings:")
     _dataset = config["settings"][_ns["base"]]["dataset"]
-    if _dataset not in ("cifar10", "cifar100", "synthetic", *LOCAL):
+    if _dataset not in (*BUILTIN_DATASETS, *LOCAL):
         raise ValueError(f"noisy setting {_name!r}: base dataset {_dataset!r} is unknown")
 for _fig in ("fig5", "fig11", "fig12"):
     if NOISY["figures"][_fig] is not None and NOISY["figures"][_fig] not in NOISY["settings"]:

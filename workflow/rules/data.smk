@@ -3,6 +3,7 @@
 
 localrules:
     prepare_cifar,
+    prepare_tinyimagenet,
     prepare_synthetic,
     noisy_labels,
 
@@ -24,6 +25,42 @@ rule prepare_cifar:
         "../../envs/fisherlab.yaml"
     script:
         "../scripts/prepare_cifar.py"
+
+
+rule prepare_tinyimagenet:
+    # the official zip, downloaded with an MD5 check (a localrule), or the copy config
+    # names; box-filtered to 32x32 (fisherlab.data.tinyimagenet)
+    output:
+        train=f"{config['data']['root']}/tinyimagenet/train.npz",
+        test=f"{config['data']['root']}/tinyimagenet/test.npz",
+    params:
+        source=config["data"]["tinyimagenet"]["source"],
+        download_root=f"{config['data']['root']}/downloads",
+    log:
+        "results/logs/prepare/tinyimagenet.log",
+    conda:
+        "../../envs/fisherlab.yaml"
+    script:
+        "../scripts/prepare_tinyimagenet.py"
+
+
+rule prepare_imagenet:
+    # a local ILSVRC2012 copy (no download), downsized like Imagenet32x32; long: a cluster job
+    output:
+        train=f"{config['data']['root']}/imagenet/train.npz",
+        test=f"{config['data']['root']}/imagenet/test.npz",
+    params:
+        **config["data"]["imagenet"],
+    threads: config["data"]["imagenet"]["workers"]
+    resources:
+        runtime=240,
+        mem_mb=32000,
+    log:
+        "results/logs/prepare/imagenet.log",
+    conda:
+        "../../envs/fisherlab.yaml"
+    script:
+        "../scripts/prepare_imagenet.py"
 
 
 rule prepare_synthetic:
