@@ -2,9 +2,11 @@
 
 from fisherlab.data.cifar import download_cifar, prepare_cifar, prepare_synthetic, read_cifar_python
 from fisherlab.data.format import DatasetFormatError, ImageDataset, load_dataset, save_dataset
+from fisherlab.data.imagenet import prepare_imagenet, read_imagenet
 from fisherlab.data.loader import DeviceData, augment_batch, channel_stats
 from fisherlab.data.split import split_validation
 from fisherlab.data.synthetic import make_synthetic
+from fisherlab.data.tinyimagenet import download_tinyimagenet, prepare_tinyimagenet, read_tinyimagenet
 
 __all__ = [
     "DatasetFormatError",
@@ -13,11 +15,16 @@ __all__ = [
     "augment_batch",
     "channel_stats",
     "download_cifar",
+    "download_tinyimagenet",
     "load_dataset",
     "make_synthetic",
     "prepare_cifar",
+    "prepare_imagenet",
     "prepare_synthetic",
+    "prepare_tinyimagenet",
     "read_cifar_python",
+    "read_imagenet",
+    "read_tinyimagenet",
     "save_dataset",
     "split_validation",
 ]
