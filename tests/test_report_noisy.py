@@ -75,3 +75,13 @@ def test_fig5_and_fig12_are_drawn(tmp_path):
     with pytest.raises(ValueError, match="noisy-label file"):
         report.fig5([("x", None, metrics(1).drop(columns="train_acc_noisy"))], "t", tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_choose_falls_back_to_the_smallest_value_when_every_run_diverged():
+    df = pd.DataFrame(dict(alpha=[0.1, 0.01, 1.0], best_val_acc=[0.3, 0.5, 0.4], status="ok"))
+    assert report.choose(df, "alpha") == (0.01, "search")
+    df["status"] = "diverged"
+    value, source = report.choose(df, "alpha")
+    assert value == 0.01 and source.startswith("fallback")
+    with pytest.raises(report.NoFinishedRun):
+        report.select_hyper(df, "alpha")

@@ -52,6 +52,8 @@ __all__ = [
     "table7",
     "NOISY_COLUMNS",
     "select_hyper",
+    "choose",
+    "NoFinishedRun",
     "noisy_table",
     "table3",
     "table8",
@@ -184,13 +186,31 @@ def _select(df: pd.DataFrame, key: str, metric: str, what: str) -> float:
     _single_value(ok, "regularizer", what)
     means = ok.groupby(key)[metric].mean().dropna()
     if means.empty:
-        raise ValueError(
+        raise NoFinishedRun(
             f"{what}: no run finished with status 'ok' and a finite {metric} "
             f"({len(df)} run(s) given)"
         )
     best = means.max()
     tied = [k for k, m in means.items() if math.isclose(m, best, rel_tol=1e-12, abs_tol=1e-12)]
     return float(max(tied))
+
+
+class NoFinishedRun(ValueError):
+    """No run of a grid finished with status "ok" (all diverged)."""
+
+
+def choose(df: pd.DataFrame, key: str, metric: str = "best_val_acc") -> tuple[float, str]:
+    """(value, source) for the pipeline's selection steps: the selected ``key`` (see
+    :func:`select_hyper`), source "search"; or, when every run of the grid diverged, the
+    smallest value of the grid, source "fallback: ...", so that the rest of the DAG goes
+    on and its tables show the divergence instead of stopping."""
+    try:
+        return _select(df, key, metric, f"select {key}"), "search"
+    except NoFinishedRun:
+        values = pd.to_numeric(df[key], errors="coerce").dropna()
+        if values.empty:
+            raise
+        return float(values.min()), f"fallback: no run of the {key} grid finished ok; its smallest value"
 
 
 def select_lr(df: pd.DataFrame, metric: str = "best_val_acc") -> float:

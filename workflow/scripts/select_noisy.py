@@ -8,13 +8,14 @@ from pathlib import Path
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821  (this checkout's fisherlab)
 
-from fisherlab.report import load_summaries, select_hyper  # noqa: E402
+from fisherlab.report import choose, load_summaries  # noqa: E402
 from fisherlab.runio import write_text_atomic  # noqa: E402
 
 sm = snakemake  # noqa: F821
 runs = load_summaries(list(sm.input))
-value = select_hyper(runs, sm.params.key)
+value, source = choose(runs, sm.params.key)
 chosen = runs[runs[sm.params.key] == value]["run_dir"].iloc[0]
-choice = {"key": sm.params.key, "value": value, "run_dir": chosen, "grid": runs[sm.params.key].tolist()}
+choice = {"key": sm.params.key, "value": value, "source": source, "run_dir": chosen,
+          "grid": runs[sm.params.key].tolist()}  # fmt: skip
 print(choice)
 write_text_atomic(sm.output[0], json.dumps(choice, indent=2) + "\n")
