@@ -382,9 +382,11 @@ def noisy_table(
     ``role`` is ``c`` (the same cell columns as :func:`results_table`, plus ``c_beta``).
     ``df`` needs ``label_noise``, ``setting``, ``role`` and ``status`` columns; ``noise``
     and ``settings`` fix the row order (default: order of appearance)."""
-    for col in ("label_noise", "setting", "role", "status", value):
+    for col in ("label_noise", "setting", "role", "status"):
         if col not in df.columns:
             raise ValueError(f"noisy_table: no {col!r} column")
+    if value not in df.columns:  # e.g. per-group accuracies of runs that all diverged in epoch 1
+        df = df.assign(**{value: math.nan})
     runs = df[df["role"].isin(NOISY_COLUMNS)]
     noise = list(dict.fromkeys(runs["label_noise"].tolist())) if noise is None else list(noise)
     settings = list(dict.fromkeys(runs["setting"].tolist())) if settings is None else list(settings)
