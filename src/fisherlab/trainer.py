@@ -113,6 +113,7 @@ class _State:
     metrics: list[dict] = field(default_factory=list)
     curvature: list[dict] = field(default_factory=list)
     partial: dict | None = None  # an epoch stopped midway: order, position, losses, seconds
+    stops: list = field(default_factory=list)  # steps at which a stop request saved the state
 
 
 def train(
@@ -137,6 +138,7 @@ def train(
         _set_lr(st.optimizer, multistep_lr(cfg.lr, st.epoch, cfg.milestones, cfg.gamma))
         seconds, losses = _train_epoch(cfg, st, data, probe, should_stop)
         if st.partial is not None:  # stopped within the epoch
+            st.stops.append(st.step)
             if checkpoint is not None:
                 save_atomic(_state_dict(cfg, st), checkpoint)
             log(f"stop requested: state saved at step {st.step} (epoch {st.epoch + 1}) to {checkpoint}")
@@ -150,6 +152,9 @@ def train(
         if checkpoint is not None:
             save_atomic(_state_dict(cfg, st), checkpoint)
         if st.status == "running" and should_stop is not None and should_stop():
+            st.stops.append(st.step)
+            if checkpoint is not None:
+                save_atomic(_state_dict(cfg, st), checkpoint)
             log(f"stop requested: state saved after epoch {st.epoch} to {checkpoint}")
             return TrainResult("preempted", st.metrics, st.curvature, summarize(cfg, st), st.model)
     return TrainResult(st.status, st.metrics, st.curvature, summarize(cfg, st), st.model)
@@ -248,6 +253,7 @@ def _state_dict(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "metrics": st.metrics,
         "curvature": st.curvature,
         "partial": st.partial,
+        "stops": st.stops,
     }
 
 
@@ -272,7 +278,7 @@ def _restore(cfg: TrainConfig, data: TrainData, path: str | Path | None) -> _Sta
     for k, v in ckpt["progress"].items():
         setattr(st, k, v)
     st.metrics, st.curvature = ckpt["metrics"], ckpt["curvature"]
-    st.partial = ckpt.get("partial")
+    st.partial, st.stops = ckpt.get("partial"), ckpt.get("stops", [])
     if st.partial is not None:
         st.partial["order"] = st.partial["order"].to(cfg.device)
     return st
@@ -352,6 +358,7 @@ def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "test_acc_at_best_val": best.get("test_acc", math.nan),
         "max_trace_fisher": max(fisher, default=math.nan),
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in st.metrics])) if st.metrics else math.nan,
+        "stopped_at_steps": list(st.stops),  # preemptions / time-outs survived (resumed from there)
         "seed": cfg.seed,
         "config": cfg.to_dict(),
     }  # fmt: skip

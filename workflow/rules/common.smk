@@ -1,6 +1,7 @@
 # Validation, wildcard constraints and input functions. Wiring only.
 import math
 import os
+import signal
 
 import numpy as np
 from snakemake.utils import validate
@@ -182,6 +183,16 @@ def _slurm_resources(gpus):
     if gpus and slurm["signal_seconds"]:
         out["slurm_extra"] = f"'--signal=USR1@{slurm['signal_seconds']}'"
     return out
+
+
+# In the SLURM job step that runs one rule, this snakemake ignores SIGUSR1 and SIGTERM
+# (its children inherit that, and the training script installs its own handlers): SLURM's
+# warning before a time limit, or a preemption, then reaches the training script, which
+# saves its state and exits non-zero, instead of killing the step around it; the retry
+# resumes the run (fisherlab.preemption). SIGKILL after KillWait still ends everything.
+if os.environ.get("SLURM_STEP_ID", "").isdigit():
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 SLURM_GPU = _slurm_resources(gpus=True)  # training and measurement jobs (the rest are localrules)
