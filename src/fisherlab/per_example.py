@@ -21,7 +21,9 @@ Two ways give ||G_i||^2, and each layer takes the cheaper one:
   builds G_i.
 
 Layers handled in closed form: ``nn.Linear``, ``nn.Conv2d`` (any stride, padding,
-dilation and groups, zero padding) and the affine parameters of BatchNorm in eval mode.
+dilation and groups, zero padding), the affine parameters of BatchNorm in eval mode, and
+the scalar layers of :mod:`fisherlab.models.layers` (SkipInit/Fixup): for ``x + beta``,
+d loss / d beta = sum of delta over all positions; for ``alpha * x``, sum(delta * x).
 Any other module with its own parameters gets a per-example vector-Jacobian product
 through ``torch.func`` on that module alone. A model in which a parameter enters the
 graph more than once (shared between modules, a module called twice, weight tying
@@ -40,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+from .models.layers import Bias, Scale
 
 Strategy = Literal["auto", "ghost", "materialise"]
 LabelSets = Sequence[tuple[Tensor, Tensor | None]]
@@ -94,6 +98,11 @@ def _recording(model: nn.Module) -> Iterator[_Recorder]:
 # --------------------------------------------------------------------------- layers
 
 
+def _sq_rows(x: Tensor) -> Tensor:
+    """Row-wise squared norms of a (B, K) tensor, without a (B, K) temporary."""
+    return torch.linalg.vector_norm(x, dim=1).square()
+
+
 def _choose(strategy: Strategy, T: int, D: int, O: int) -> Strategy:
     """Ghost norm costs ~T^2 (D + O) per example, materialising ~T D O: take the cheaper."""
     if strategy != "auto":
@@ -128,32 +137,91 @@ def _conv2d_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor, strategy: Strategy) -> 
     sq = 0.0
     if m.weight.requires_grad:
         T, (O, D) = d.shape[2] * d.shape[3], (m.out_channels // G, m.weight[0].numel())
-        if _choose(strategy, T, D, O) == "ghost":
+        pointwise = (
+            G == 1 and m.kernel_size == (1, 1) and m.stride == (1, 1) and m.padding == (0, 0)
+        )
+        if pointwise:  # a 1x1 convolution is a Linear layer applied at the T positions
+            at, dt = a.reshape(B, a.shape[1], T).transpose(1, 2), d.reshape(B, O, T)
+            if _choose(strategy, T, D, O) == "ghost":
+                sq = _ghost_sq_norms(at, dt.transpose(1, 2))
+            else:
+                sq = _sq_rows(torch.bmm(dt, at).reshape(B, -1))
+        elif _choose(strategy, T, D, O) == "ghost":
             u = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, G*D, T)
             u = u.reshape(B * G, D, T).transpose(1, 2)
             dg = d.reshape(B * G, O, T).transpose(1, 2)
             sq = _ghost_sq_norms(u, dg).reshape(B, G).sum(1)
+        elif G == 1 and O <= 32:  # few outputs: one matrix product per example
+            sq = _shifted_delta_sq_norms(m, a, d)
         else:  # the per-example weight gradients as one convolution with B*G groups
             w = torch.nn.grad.conv2d_weight(
                 a.reshape(1, -1, *a.shape[2:]), (B * m.out_channels, *m.weight.shape[1:]),
                 d.reshape(1, -1, *d.shape[2:]), m.stride, m.padding, m.dilation, B * G,
             )  # fmt: skip
-            sq = w.reshape(B, -1).pow(2).sum(1)
+            sq = _sq_rows(w.reshape(B, -1))
+    return sq + _conv_bias_sq_norms(m, d)
+
+
+def _conv_bias_sq_norms(m: nn.Conv2d, d: Tensor) -> Tensor | float:
     if m.bias is not None and m.bias.requires_grad:
-        sq = sq + d.sum((2, 3)).pow(2).sum(1)
-    return sq
+        return _sq_rows(d.sum((2, 3)))
+    return 0.0
+
+
+_SHIFT_ELEMS = 1 << 25  # bound on the scattered output gradients built at once (elements)
+
+
+def _shifted_delta_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor) -> Tensor:
+    """Materialised per-example weight gradients of a conv with few output channels.
+
+    With a_p the zero-padded input on its P = H_p*W_p grid, the weight gradient is
+    G[o, c, ky, kx] = sum_p E[ky, kx, o, p] a_p[c, p], where E scatters the output
+    gradient d[o, y, x] to the input position (s*y + dil*ky, s*x + dil*kx) it read. So
+    each example's G is one (k*k*O, P) x (P, C) matrix product, with no im2col of the
+    (usually much wider) input: about as fast as the batch's own weight gradient when
+    O is small (DenseNet's k=12 layers), where a grouped convolution with one group per
+    example is several times slower on CPU. groups == 1, zero padding.
+    """
+    B, C = a.shape[:2]
+    O, Ho, Wo = d.shape[1:]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
+    ap = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+    Hp, Wp = ap.shape[2:]
+    ap = ap.reshape(B, C, Hp * Wp)
+    step = max(1, _SHIFT_ELEMS // (kh * kw * O * Hp * Wp))
+    out = []
+    for i in range(0, B, step):
+        dc = d[i : i + step]
+        E = d.new_zeros(dc.shape[0], kh, kw, O, Hp, Wp)
+        for y in range(kh):
+            for x in range(kw):
+                E[:, y, x, :, y * dh : y * dh + sh * (Ho - 1) + 1 : sh,
+                  x * dw : x * dw + sw * (Wo - 1) + 1 : sw] = dc  # fmt: skip
+        g = torch.bmm(E.reshape(dc.shape[0], -1, Hp * Wp), ap[i : i + step].transpose(1, 2))
+        out.append(_sq_rows(g.reshape(dc.shape[0], -1)))
+    return torch.cat(out)
 
 
 def _batchnorm_sq_norms(m: nn.modules.batchnorm._BatchNorm, a: Tensor, d: Tensor) -> Tensor:
-    shape = (1, -1) + (1,) * (a.dim() - 2)
-    xhat = (a - m.running_mean.view(shape)) * torch.rsqrt(m.running_var.view(shape) + m.eps)
+    """Eval-mode BN, y = gamma * (a - mu) / sigma + beta per channel c, summed over the
+    positions t: dL/dgamma_c = (sum_t d a - mu_c sum_t d) / sigma_c, dL/dbeta_c = sum_t d
+    (two reductions over the activations; x-hat is never built)."""
     B, C = d.shape[:2]
+    d3, sd = d.reshape(B, C, -1), d.reshape(B, C, -1).sum(2)
     sq = 0.0
     if m.weight is not None and m.weight.requires_grad:
-        sq = sq + (d * xhat).reshape(B, C, -1).sum(2).pow(2).sum(1)
+        sda = torch.linalg.vecdot(d3, a.reshape(B, C, -1))
+        sq = sq + _sq_rows((sda - m.running_mean * sd) * torch.rsqrt(m.running_var + m.eps))
     if m.bias is not None and m.bias.requires_grad:
-        sq = sq + d.reshape(B, C, -1).sum(2).pow(2).sum(1)
+        sq = sq + _sq_rows(sd)
     return sq
+
+
+def _scalar_sq_norms(m: Scale | Bias, a: Tensor, d: Tensor) -> Tensor:
+    """A scalar parameter: the per-example gradient is one number, summed over positions."""
+    B = d.shape[0]
+    g = d if isinstance(m, Bias) else d * a
+    return g.reshape(B, -1).sum(1).pow(2)
 
 
 def _check_batchnorm(modules: list[nn.Module]) -> None:
@@ -214,6 +282,8 @@ def _layer_sq_norms(call: _Call, d: Tensor, strategy: Strategy) -> Tensor:
         return _conv2d_sq_norms(m, a.detach(), d, strategy)
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and own <= {"weight", "bias"}:
         return _batchnorm_sq_norms(m, a.detach(), d)
+    if type(m) in (Scale, Bias) and a is not None and a.shape == d.shape:
+        return _scalar_sq_norms(m, a.detach(), d)
     return _generic_sq_norms(m, call.args, call.kwargs, d)
 
 

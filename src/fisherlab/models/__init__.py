@@ -35,6 +35,6 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     return ctor(num_classes=num_classes, **kwargs)
 
 
-from . import simple_cnn, vgg  # noqa: E402,F401  (each file registers its models)
+from . import densenet, fixup, resnet, simple_cnn, vgg, wrn  # noqa: E402,F401  (each file registers its models)
 
 __all__ = ["MODELS", "build_model", "register"]
