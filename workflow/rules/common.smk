@@ -294,6 +294,8 @@ def noisy_figure_runs(name, regs):
 
 NOISY_RUNTIME, NOISY_MEM = train_resources(2, noisy_setting)
 NOISY_TABLES = expand("results/{table}.{ext}", table=["table3", "table8", "table9"], ext=["csv", "md"])
-NOISY_FIGURES = [f"results/{fig}.png" for fig in ("fig5", "fig11", "fig12") if NOISY["figures"][fig] is not None]
+# a figure is drawn when its setting is configured and among the noisy settings that run
+FIGURES = {fig: NOISY["figures"][fig] for fig in ("fig5", "fig11", "fig12") if NOISY["figures"][fig] in NOISY_SETTINGS}
+NOISY_FIGURES = [f"results/{fig}.png" for fig in FIGURES]
 if NOISY_FIGURES and NOISY["figures"]["noise"] not in NOISY["fractions"]:
     raise ValueError(f"noisy.figures.noise {NOISY['figures']['noise']} is not one of noisy.fractions")

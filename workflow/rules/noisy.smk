@@ -149,9 +149,7 @@ rule noisy_tables:
 
 FIGURE_REGS = {"fig5": ["fp"], "fig11": ["fp"], "fig12": ["fp", "gpr"]}
 
-for _fig in ("fig5", "fig11", "fig12"):
-    if NOISY["figures"][_fig] is None:
-        continue
+for _fig in FIGURES:
 
     rule:
         name:
