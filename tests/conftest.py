@@ -35,3 +35,18 @@ def slurm_cluster():
             os.environ["SLURM_CONF"] = old
         if not cluster.reused:
             cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def local_demo(tmp_path_factory):
+    """The whole demo DAG run once per session on this machine (a copy of the workflow),
+    shared by the tests that compare other runs with it (SLURM, killed and resumed,
+    concurrent invocations). Defined here so that every module shares the one run."""
+    from test_pipeline import copy_workflow, snakemake
+
+    root = tmp_path_factory.mktemp("local_demo")
+    copy_workflow(root)
+    t0 = time.monotonic()
+    snakemake("--configfile", "configs/demo.yaml", "--cores", "2", cwd=root)
+    print(f"local demo: {time.monotonic() - t0:.0f} s")
+    return root

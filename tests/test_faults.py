@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_pipeline import SNAKEMAKE, copy_workflow, local_demo, snakemake  # noqa: F401  (fixture)
+from test_pipeline import SNAKEMAKE, copy_workflow, snakemake
 
 RUN = "results/runs/demo_noisy/noise0.25/baseline/seed0"
 CKPT = "results/checkpoints/demo_noisy/noise0.25/baseline/seed0/checkpoint.pt"

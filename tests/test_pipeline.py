@@ -209,18 +209,6 @@ def copy_workflow(dst: Path) -> None:
         shutil.copytree(REPO / name, dst / name)
 
 
-@pytest.fixture(scope="session")
-def local_demo(tmp_path_factory) -> Path:
-    """The whole demo DAG run once on this machine (a copy of the workflow), shared by the
-    tests that compare other runs (SLURM, killed and resumed) with it."""
-    root = tmp_path_factory.mktemp("local_demo")
-    copy_workflow(root)
-    t0 = time.perf_counter()
-    snakemake("--configfile", "configs/demo.yaml", "--cores", "2", cwd=root)
-    print(f"local demo: {time.perf_counter() - t0:.0f} s")
-    return root
-
-
 @pytest.mark.slow
 def test_demo_end_to_end(local_demo):
     tmp_path = local_demo

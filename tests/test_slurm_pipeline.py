@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from test_faults import RUN, same_run
-from test_pipeline import REPO, SNAKEMAKE, copy_workflow, local_demo  # noqa: F401  (fixture)
+from test_pipeline import REPO, SNAKEMAKE, copy_workflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
