@@ -128,7 +128,7 @@ def p1(name, device, n, references=True):
         repeat = 1 if "naive" in label else 3
         try:
             print(f"  {label:36s} {best_time(fn, device, repeat) / base:6.2f}x")
-        except Exception as e:  # a reference that does not support the model
+        except Exception as e:  # noqa: BLE001  (a reference that does not support the model)
             print(f"  {label:36s} failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
 
 

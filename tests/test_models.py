@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fisherlab.per_example as per_example
-from fisherlab import build_model, per_example_grad_sq_norms, trace_fisher
+from fisherlab import build_model, per_example, per_example_grad_sq_norms, trace_fisher
 from fisherlab.models.densenet import DenseNet
 from fisherlab.models.fixup import FixupBasicBlock, FixupResNet
 from fisherlab.models.layers import Bias, Scale
@@ -405,7 +404,7 @@ def brute_grad_sq_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
 @pytest.mark.parametrize("kind", SMALL)
 @pytest.mark.parametrize("strategy", ["auto", "ghost", "materialise"])
 def test_per_example_norms_match_brute_force(kind, strategy, per_layer_only):
-    model, x, C = _small(kind)
+    model, x, _ = _small(kind)
     y = torch.tensor([0, 3, 4])
     ref = brute_grad_sq_norm(model, x, y)
     assert torch.all(ref > 0)
@@ -426,9 +425,69 @@ def test_exact_trace_fisher_matches_brute_force(kind, per_layer_only):
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
 
 
+def _conv_geometry_model() -> nn.Module:
+    """Convs with few output channels (the scattered-delta materialisation) in awkward
+    geometries: odd sizes with stride 2, dilation, rectangular kernels, padding wider
+    than the kernel reach, a 3x3 conv on a 1x1 map (taps that fall entirely in the
+    padding), strided and plain 1x1 convolutions."""
+    feats = nn.Sequential(
+        nn.Conv2d(3, 5, 3, stride=2, padding=1), nn.Tanh(),
+        nn.Conv2d(5, 4, (3, 2), stride=(1, 2), padding=(2, 0), dilation=(2, 1)), nn.Tanh(),
+        nn.Conv2d(4, 6, 5, padding=3, bias=False), nn.Tanh(),
+        nn.Conv2d(6, 3, 1, stride=2), nn.Tanh(),
+        nn.Conv2d(3, 4, 1), Scale(1.5), Bias(0.2), nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 3, padding=1), nn.Tanh(),
+    )  # fmt: skip
+    with torch.no_grad():
+        n = feats(torch.zeros(1, 3, 11, 9)).numel()
+    return nn.Sequential(feats, nn.Flatten(), nn.Linear(n, 3))
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ghost", "materialise"])
+def test_per_example_norms_conv_geometries(strategy, per_layer_only):
+    model = _seeded(20, _conv_geometry_model).double()
+    x, y = _randn(4, 3, 11, 9, seed=20), torch.tensor([0, 1, 2, 1])
+    ref = brute_grad_sq_norm(model, x, y)
+    got = per_example_grad_sq_norms(model, x, y, strategy=strategy)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
+
+
+def test_per_example_norms_with_an_inplace_edited_output(per_layer_only):
+    """A layer output modified in place afterwards (ReLU(inplace=True) after a conv, as in
+    torchvision models): the layer's hook sees d loss / d (the value it returned)."""
+    model = _seeded(21, lambda: nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 3),
+    )).double()  # fmt: skip
+    x, y = _randn(3, 3, 6, 6, seed=21), torch.tensor([0, 1, 2])
+    got = per_example_grad_sq_norms(model, x, y)
+    torch.testing.assert_close(got, brute_grad_sq_norm(model, x, y), rtol=1e-10, atol=0)
+
+
+class _Unreached(nn.Module):
+    """A layer whose output does not depend on the input (a learned offset map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.offset, self.fc = nn.Conv2d(2, 3, 3), Bias(0.3), nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.fc((h + self.offset(torch.zeros_like(h))).flatten(1))
+
+
+def test_layer_not_reached_from_the_input_falls_back_correctly():
+    """Gradients are taken w.r.t. the input, so a hook on a layer the input does not reach
+    never fires: the whole-model path takes over, and the values stay exact."""
+    model = _seeded(22, _Unreached).double()
+    x, y = _randn(3, 2, 6, 6, seed=22), torch.tensor([0, 1, 2])
+    got = per_example_grad_sq_norms(model, x, y)
+    torch.testing.assert_close(got, brute_grad_sq_norm(model, x, y), rtol=1e-10, atol=0)
+
+
 @pytest.mark.parametrize("name", sorted(NEW_MODELS))
 def test_full_models_take_the_per_layer_path(name, per_layer_only):
-    """The registered full-size models are measured layer by layer (float32, 1 example)."""
+    """The registered full-size models are measured layer by layer (float32, 2 examples)."""
     model = _seeded(7, build_model, name, num_classes=NEW_MODELS[name]).eval()
     sq = per_example_grad_sq_norms(model, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
     assert sq.shape == (2,) and torch.all(torch.isfinite(sq)) and torch.all(sq > 0)

@@ -6,16 +6,21 @@ network split into disjoint layers, so for every example
     ||g(x_i, y_i)||^2 = sum over layers l of ||g_l(x_i, y_i)||^2 .
 
 One forward pass records each layer's input ``a``; one backward pass of the summed
-per-example losses gives each layer's output gradient ``delta`` (and no parameter
-gradient at all, which saves the weight-gradient work of an ordinary backward). A
-layer's per-example gradient is then a contraction of ``a`` and ``delta`` over its
-``T`` positions (the spatial positions of a convolution, 1 for a dense layer):
+per-example losses, taken w.r.t. the input only, gives each layer's output gradient
+``delta`` (and no parameter gradient at all, which saves the weight-gradient work of an
+ordinary backward). A hook on each layer output turns ``delta`` into that layer's
+per-example squared norms as soon as autograd has it, so no output or output gradient is
+kept beyond its use (keeping them costs more than the arithmetic on large networks). A
+layer's per-example gradient is a contraction of ``a`` and ``delta`` over its ``T``
+positions (the spatial positions of a convolution, 1 for a dense layer):
 
     G_i = sum_t delta_{i,t} a_{i,t}^T .
 
 Two ways give ||G_i||^2, and each layer takes the cheaper one:
 
-- *materialise*: build G_i (O x D numbers per example), cost ~ T*D*O;
+- *materialise*: build G_i (O x D numbers per example), cost ~ T*D*O (for a conv, as a
+  grouped convolution with one group per example, or, with few output channels, as one
+  matrix product per example of the scattered ``delta`` and the input, no im2col);
 - *ghost norm* (Goodfellow 2015; Li et al. 2022):
   ||G_i||^2 = sum_{t,s} (a_t . a_s)(delta_t . delta_s), cost ~ T^2*(D+O), and it never
   builds G_i.
@@ -27,13 +32,17 @@ d loss / d beta = sum of delta over all positions; for ``alpha * x``, sum(delta 
 Any other module with its own parameters gets a per-example vector-Jacobian product
 through ``torch.func`` on that module alone. A model in which a parameter enters the
 graph more than once (shared between modules, a module called twice, weight tying
-through ``F.linear(..., self.fc.weight)``), or which modifies a layer output in place, is
-handled whole by ``torch.func`` (``vmap(grad)``), which is always correct.
+through ``F.linear(..., self.fc.weight)``), which modifies a layer's input in place after
+the layer read it, or in which some layer's output is unused or not reached from the
+input, is handled whole by ``torch.func`` (``vmap(grad)``), which is always correct. (A
+layer output modified in place is fine: the hook sees the gradient w.r.t. the value the
+layer returned.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal, Sequence
@@ -53,27 +62,61 @@ the list, each weighted per example."""
 
 @dataclass
 class _Call:
-    """What one parameterised module saw in the forward pass."""
+    """What one parameterised module saw in the forward pass, and later d loss / d output."""
 
     module: nn.Module
-    args: tuple
+    args: tuple  # () for a scalar Bias, whose closed form needs the output gradient only
     kwargs: dict
-    output: Tensor
-    version: int
+    versions: tuple  # of the tensor arguments: an in-place change later is detected
+    output: Tensor | None = None  # held only when gradients are taken w.r.t. the outputs
+    version: int = 0
 
 
 @dataclass
 class _Recorder:
     modules: list[nn.Module]
+    keep_outputs: bool = False
+    strategy: Strategy = "auto"
     calls: list[_Call] = field(default_factory=list)
     handles: list = field(default_factory=list)
     usable: bool = True  # False: a module was called twice or returned a non-tensor
+    sq: Tensor | float = 0.0  # sum over the layers seen so far in the current backward
+    fired: int = 0  # how many layer-output hooks ran in the current backward
+    cache: dict = field(default_factory=dict)  # scratch buffers shared between layers
 
     def hook(self, module, args, kwargs, output):
-        if not isinstance(output, Tensor) or any(c.module is module for c in self.calls):
+        if (
+            not isinstance(output, Tensor)
+            or not output.requires_grad
+            or any(c.module is module for c in self.calls)
+        ):
             self.usable = False
             return
-        self.calls.append(_Call(module, args, kwargs, output, output._version))
+        if type(module) is Bias:
+            args = ()
+        versions = tuple(a._version for a in args if isinstance(a, Tensor))
+        call = _Call(module, args, kwargs, versions)
+        if self.keep_outputs:
+            call.output, call.version = output, output._version
+        else:
+            # A tensor hook receives d loss / d output during the backward, also if the
+            # output is modified in place later (the gradient w.r.t. the value the module
+            # returned). The layer's norms are computed right there, so neither the output
+            # nor its gradient outlives its use: the memory held is what autograd holds.
+            output.register_hook(functools.partial(self.on_grad, call))
+        self.calls.append(call)
+
+    def changed(self) -> bool:
+        """Whether an input (or a held output) of a recorded module changed in place."""
+        for c in self.calls:
+            now = tuple(a._version for a in c.args if isinstance(a, Tensor))
+            if now != c.versions or (c.output is not None and c.output._version != c.version):
+                return True
+        return False
+
+    def on_grad(self, call: _Call, g: Tensor) -> None:
+        self.fired += 1
+        self.sq = self.sq + _layer_sq_norms(call, g.detach(), self.strategy, self.cache)
 
 
 def parameterised_modules(model: nn.Module) -> list[nn.Module]:
@@ -84,8 +127,10 @@ def parameterised_modules(model: nn.Module) -> list[nn.Module]:
 
 
 @contextlib.contextmanager
-def _recording(model: nn.Module) -> Iterator[_Recorder]:
-    rec = _Recorder(parameterised_modules(model))
+def _recording(
+    model: nn.Module, keep_outputs: bool = False, strategy: Strategy = "auto"
+) -> Iterator[_Recorder]:
+    rec = _Recorder(parameterised_modules(model), keep_outputs, strategy)
     try:
         for m in rec.modules:
             rec.handles.append(m.register_forward_hook(rec.hook, with_kwargs=True))
@@ -132,7 +177,9 @@ def _linear_sq_norms(m: nn.Linear, a: Tensor, d: Tensor, strategy: Strategy) -> 
     return sq
 
 
-def _conv2d_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor, strategy: Strategy) -> Tensor:
+def _conv2d_sq_norms(
+    m: nn.Conv2d, a: Tensor, d: Tensor, strategy: Strategy, cache: dict | None = None
+) -> Tensor:
     B, G = a.shape[0], m.groups
     sq = 0.0
     if m.weight.requires_grad:
@@ -151,8 +198,8 @@ def _conv2d_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor, strategy: Strategy) -> 
             u = u.reshape(B * G, D, T).transpose(1, 2)
             dg = d.reshape(B * G, O, T).transpose(1, 2)
             sq = _ghost_sq_norms(u, dg).reshape(B, G).sum(1)
-        elif G == 1 and O <= 32:  # few outputs: one matrix product per example
-            sq = _shifted_delta_sq_norms(m, a, d)
+        elif G == 1 and O <= _SHIFT_MAX_OUT:  # few outputs: a matrix product per example
+            sq = _shifted_delta_sq_norms(m, a, d, {} if cache is None else cache)
         else:  # the per-example weight gradients as one convolution with B*G groups
             w = torch.nn.grad.conv2d_weight(
                 a.reshape(1, -1, *a.shape[2:]), (B * m.out_channels, *m.weight.shape[1:]),
@@ -169,36 +216,53 @@ def _conv_bias_sq_norms(m: nn.Conv2d, d: Tensor) -> Tensor | float:
 
 
 _SHIFT_ELEMS = 1 << 25  # bound on the scattered output gradients built at once (elements)
+_SHIFT_MAX_OUT = 32  # output channels up to which a conv is materialised by scattering delta
 
 
-def _shifted_delta_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor) -> Tensor:
+def _taps(n_out: int, n_in: int, offset: int, stride: int) -> tuple[int, int, int]:
+    """Output positions o in [lo, hi) whose tap at ``offset - padding`` lands inside the
+    input, s*o + offset in [0, n_in); and the first input position they read."""
+    lo = max(0, -(offset // stride))
+    hi = min(n_out, (n_in - 1 - offset) // stride + 1) if n_in - 1 - offset >= 0 else 0
+    return lo, max(lo, hi), stride * lo + offset
+
+
+def _shifted_delta_sq_norms(m: nn.Conv2d, a: Tensor, d: Tensor, cache: dict) -> Tensor:
     """Materialised per-example weight gradients of a conv with few output channels.
 
-    With a_p the zero-padded input on its P = H_p*W_p grid, the weight gradient is
-    G[o, c, ky, kx] = sum_p E[ky, kx, o, p] a_p[c, p], where E scatters the output
-    gradient d[o, y, x] to the input position (s*y + dil*ky, s*x + dil*kx) it read. So
-    each example's G is one (k*k*O, P) x (P, C) matrix product, with no im2col of the
-    (usually much wider) input: about as fast as the batch's own weight gradient when
-    O is small (DenseNet's k=12 layers), where a grouped convolution with one group per
-    example is several times slower on CPU. groups == 1, zero padding.
+    The weight gradient is G[o, c, ky, kx] = sum_p E[ky, kx, o, p] a[c, p] over the
+    P = H*W input positions, where E scatters the output gradient d[o, y, x] to the input
+    position (s*y + dil*ky - pad, s*x + dil*kx - pad) it read (taps that fall in the
+    zero padding read nothing and are dropped). So each example's G is one
+    (k*k*O, P) x (P, C) matrix product, with no im2col of the (usually much wider) input:
+    about as fast as the batch's own weight gradient when O is small (DenseNet's k=12
+    layers), where a grouped convolution with one group per example is several times
+    slower on CPU. E's zeros are written once per geometry and the buffer reused (``cache``):
+    the scattered positions are the same for every layer of that geometry.
+    groups == 1, zero padding.
     """
-    B, C = a.shape[:2]
+    B, C, H, W = a.shape
     O, Ho, Wo = d.shape[1:]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = m.kernel_size, m.stride, m.padding, m.dilation
-    ap = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
-    Hp, Wp = ap.shape[2:]
-    ap = ap.reshape(B, C, Hp * Wp)
-    step = max(1, _SHIFT_ELEMS // (kh * kw * O * Hp * Wp))
+    at = a.reshape(B, C, H * W).transpose(1, 2)
+    rows = [_taps(Ho, H, y * dh - ph, sh) for y in range(kh)]
+    cols = [_taps(Wo, W, x * dw - pw, sw) for x in range(kw)]
+    step = max(1, _SHIFT_ELEMS // (kh * kw * O * H * W))
     out = []
     for i in range(0, B, step):
         dc = d[i : i + step]
-        E = d.new_zeros(dc.shape[0], kh, kw, O, Hp, Wp)
-        for y in range(kh):
-            for x in range(kw):
-                E[:, y, x, :, y * dh : y * dh + sh * (Ho - 1) + 1 : sh,
-                  x * dw : x * dw + sw * (Wo - 1) + 1 : sw] = dc  # fmt: skip
-        g = torch.bmm(E.reshape(dc.shape[0], -1, Hp * Wp), ap[i : i + step].transpose(1, 2))
-        out.append(_sq_rows(g.reshape(dc.shape[0], -1)))
+        b = dc.shape[0]
+        key = ("shift", b, O, H, W, Ho, Wo, tuple(rows), tuple(cols), d.dtype, d.device)
+        E = cache.get(key)
+        if E is None:
+            E = cache[key] = d.new_zeros(b, kh, kw, O, H, W)
+        for y, (ylo, yhi, y0) in enumerate(rows):
+            for x, (xlo, xhi, x0) in enumerate(cols):
+                if yhi > ylo and xhi > xlo:
+                    E[:, y, x, :, y0 : y0 + sh * (yhi - ylo - 1) + 1 : sh,
+                      x0 : x0 + sw * (xhi - xlo - 1) + 1 : sw] = dc[:, :, ylo:yhi, xlo:xhi]  # fmt: skip
+        g = torch.bmm(E.reshape(b, -1, H * W), at[i : i + step])
+        out.append(_sq_rows(g.reshape(b, -1)))
     return torch.cat(out)
 
 
@@ -215,13 +279,6 @@ def _batchnorm_sq_norms(m: nn.modules.batchnorm._BatchNorm, a: Tensor, d: Tensor
     if m.bias is not None and m.bias.requires_grad:
         sq = sq + _sq_rows(sd)
     return sq
-
-
-def _scalar_sq_norms(m: Scale | Bias, a: Tensor, d: Tensor) -> Tensor:
-    """A scalar parameter: the per-example gradient is one number, summed over positions."""
-    B = d.shape[0]
-    g = d if isinstance(m, Bias) else d * a
-    return g.reshape(B, -1).sum(1).pow(2)
 
 
 def _check_batchnorm(modules: list[nn.Module]) -> None:
@@ -268,7 +325,9 @@ def _generic_sq_norms(m: nn.Module, args: tuple, kwargs: dict, d: Tensor) -> Ten
     return sum(v.reshape(v.shape[0], -1).pow(2).sum(1) for v in per.values())
 
 
-def _layer_sq_norms(call: _Call, d: Tensor, strategy: Strategy) -> Tensor:
+def _layer_sq_norms(
+    call: _Call, d: Tensor, strategy: Strategy, cache: dict | None = None
+) -> Tensor:
     m, a = call.module, call.args[0] if call.args else None
     own = {n for n, _ in m.named_parameters(recurse=False)}
     if isinstance(m, nn.Linear) and own <= {"weight", "bias"}:
@@ -279,11 +338,13 @@ def _layer_sq_norms(call: _Call, d: Tensor, strategy: Strategy) -> Tensor:
         and not isinstance(m.padding, str)
         and own <= {"weight", "bias"}
     ):
-        return _conv2d_sq_norms(m, a.detach(), d, strategy)
+        return _conv2d_sq_norms(m, a.detach(), d, strategy, cache)
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and own <= {"weight", "bias"}:
         return _batchnorm_sq_norms(m, a.detach(), d)
-    if type(m) in (Scale, Bias) and a is not None and a.shape == d.shape:
-        return _scalar_sq_norms(m, a.detach(), d)
+    if type(m) is Bias:
+        return _sq_rows(d.reshape(d.shape[0], -1).sum(1, keepdim=True))
+    if type(m) is Scale and a is not None and a.shape == d.shape:
+        return _sq_rows((d * a.detach()).reshape(d.shape[0], -1).sum(1, keepdim=True))
     return _generic_sq_norms(m, call.args, call.kwargs, d)
 
 
@@ -293,26 +354,43 @@ def _layer_sq_norms(call: _Call, d: Tensor, strategy: Strategy) -> Tensor:
 def _per_layer_sq_norms(
     model: nn.Module, x: Tensor, label_fn: Callable[[Tensor], LabelSets], strategy: Strategy
 ) -> Tensor | None:
-    """One forward, one backward per label set; None if the model is not decomposable."""
-    with _recording(model) as rec:
+    """One forward, one backward per label set; None if the model is not decomposable.
+
+    Each backward computes the gradient w.r.t. the (floating-point) input only, so
+    autograd skips every weight gradient, and a hook on each layer output turns
+    d loss / d output into that layer's per-example squared norms as soon as it exists.
+    With a non-float input (token ids) the gradients are taken w.r.t. the layer outputs
+    instead, which then stay alive until the end.
+    """
+    xg = x.detach().requires_grad_() if x.is_floating_point() else None
+    with _recording(model, keep_outputs=xg is None, strategy=strategy) as rec:
         _check_batchnorm(rec.modules)
-        logits = model(x)
-    if not rec.usable or any(c.output._version != c.version for c in rec.calls):
+        logits = model(x if xg is None else xg.clone())  # clone: the model may edit x in place
+    if not rec.usable or not rec.calls or rec.changed():
         return None
     if max(_parameter_uses(logits).values(), default=0) > 1:
         return None  # a parameter enters the graph twice (weight tying): not decomposable
-    outputs = [c.output for c in rec.calls]
     label_sets = label_fn(logits.detach())
     total = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device)
     for k, (y, w) in enumerate(label_sets):
         loss = F.cross_entropy(logits, y, reduction="sum")
         last = k == len(label_sets) - 1
-        deltas = torch.autograd.grad(loss, outputs, retain_graph=not last, allow_unused=True)
-        sq = sum(
-            _layer_sq_norms(c, dl.detach(), strategy)
-            for c, dl in zip(rec.calls, deltas)
-            if dl is not None
-        )
+        if xg is None:
+            outputs = [c.output for c in rec.calls]
+            deltas = torch.autograd.grad(loss, outputs, retain_graph=not last, allow_unused=True)
+            sq = sum(
+                _layer_sq_norms(c, dl.detach(), strategy, rec.cache)
+                for c, dl in zip(rec.calls, deltas)
+                if dl is not None
+            )
+        else:
+            rec.sq, rec.fired = 0.0, 0
+            torch.autograd.grad(loss, xg, retain_graph=not last, allow_unused=True)
+            if rec.fired != len(rec.calls):
+                # a layer the input does not reach, or whose output the loss does not use:
+                # the two cannot be told apart here, so take the whole-model path
+                return None
+            sq = rec.sq
         total += sq if w is None else w * sq
     return total
 
