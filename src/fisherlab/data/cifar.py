@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fisherlab.data.format import DatasetFormatError, ImageDataset, save_dataset
+from fisherlab.data.format import DatasetFormatError, ImageDataset, write_splits
 from fisherlab.data.synthetic import make_synthetic
 
 _SIDE = 32
@@ -320,7 +320,7 @@ def prepare_cifar(
             raise ValueError("prepare_cifar needs source= (a local copy) or download_root= (to download)")
         source = download_cifar(name, download_root)
     train, test = read_cifar_python(source, name, expected_sizes=expected_sizes)
-    return _write_splits(out_dir, train, test)
+    return write_splits(out_dir, train, test)
 
 
 def prepare_synthetic(
@@ -338,13 +338,4 @@ def prepare_synthetic(
     """
     train = make_synthetic(n_train, num_classes=num_classes, image_size=image_size, seed=seed, split="train")
     test = make_synthetic(n_test, num_classes=num_classes, image_size=image_size, seed=seed, split="test")
-    return _write_splits(out_dir, train, test)
-
-
-def _write_splits(out_dir: str | os.PathLike, train: ImageDataset, test: ImageDataset) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = out / "train.npz", out / "test.npz"
-    save_dataset(paths[0], train)
-    save_dataset(paths[1], test)
-    return paths
+    return write_splits(out_dir, train, test)

@@ -133,3 +133,13 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DatasetFormatError(f"{path}: corrupt or truncated .npz file ({type(e).__name__}: {e})") from e
+
+
+def write_splits(out_dir: str | os.PathLike, train: ImageDataset, test: ImageDataset) -> tuple[Path, Path]:
+    """Write ``out_dir/train.npz`` and ``out_dir/test.npz`` (each atomically); return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "train.npz", out / "test.npz"
+    save_dataset(paths[0], train)
+    save_dataset(paths[1], test)
+    return paths

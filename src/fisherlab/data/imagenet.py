@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fisherlab.data.format import DatasetFormatError, ImageDataset, save_dataset
+from fisherlab.data.format import DatasetFormatError, ImageDataset, write_splits
 
 logger = logging.getLogger(__name__)
 
@@ -118,16 +118,6 @@ def _check_expected(expected_sizes: tuple[int | None, int | None] | None) -> tup
     if len(sizes) != 2:
         raise ValueError(f"expected_sizes must be (n_train, n_test) or None, got {expected_sizes!r}")
     return sizes  # type: ignore[return-value]
-
-
-def write_splits(out_dir: str | os.PathLike, train: ImageDataset, test: ImageDataset) -> tuple[Path, Path]:
-    """Write ``out_dir/train.npz`` and ``out_dir/test.npz`` (each atomically); return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = out / "train.npz", out / "test.npz"
-    save_dataset(paths[0], train)
-    save_dataset(paths[1], test)
-    return paths
 
 
 # --- ImageNet layout ---------------------------------------------------------------------------

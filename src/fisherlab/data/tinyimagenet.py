@@ -49,12 +49,11 @@ from typing import BinaryIO
 import numpy as np
 
 from fisherlab.atomic import atomic_write
-from fisherlab.data.format import DatasetFormatError, ImageDataset
+from fisherlab.data.format import DatasetFormatError, ImageDataset, write_splits
 from fisherlab.data.imagenet import (
     _check_expected,
     _check_size,
     decode_image,
-    write_splits,
 )
 
 logger = logging.getLogger(__name__)
