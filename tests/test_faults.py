@@ -61,6 +61,8 @@ def test_a_job_killed_at_a_random_step_resumes_to_identical_metrics(tmp_path, lo
     proc.wait()
     assert not (tmp_path / RUN / "summary.json").exists(), "killed too late: the run had finished"
     print(f"killed {delay:.2f} s after the first checkpoint")
+    # a SIGKILLed Snakemake leaves its lock behind: remove it, as a user would, and rerun
+    snakemake("--configfile", "configs/demo.yaml", "--unlock", cwd=tmp_path)
     snakemake("--configfile", "configs/demo.yaml", "--cores", "1", "--rerun-incomplete", f"{RUN}/summary.json",
               cwd=tmp_path)  # fmt: skip
     same_run(tmp_path / RUN, local_demo / RUN)

@@ -71,7 +71,8 @@ def test_a_job_at_its_time_limit_saves_its_state_and_the_retry_resumes_it(slurm_
     # the reference runs here, on the other core, while the cluster runs the same target
     reference = subprocess.Popen([SNAKEMAKE, "--configfile", "overlay.yaml", "--cores", "1", f"{RUN}/summary.json"],
                                  cwd=local, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    proc, seconds = run_slurm(remote, f"{RUN}/summary.json", "--configfile", "overlay.yaml",
+    # more retries than the profile's 2, so that a loaded machine still finishes (1, 2, 4, 8 min)
+    proc, seconds = run_slurm(remote, f"{RUN}/summary.json", "--retries", "3", "--configfile", "overlay.yaml",
                               account=slurm_cluster.account)  # fmt: skip
     assert reference.wait(timeout=900) == 0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
