@@ -760,6 +760,32 @@ def test_measurements_have_no_side_effects(name):
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+@pytest.mark.parametrize("name", list(MEASUREMENTS))
+def test_measurements_free_their_activations(name):
+    """No activation outlives a measurement: every tensor a layer returned is freed once
+    the call returns, even after a collection (a reference cycle through the autograd
+    graph, e.g. from tensor hooks, is invisible to the garbage collector and leaks the
+    whole forward pass on every call)."""
+    import gc
+    import weakref
+
+    model = _train_mode_bn_model()
+    x, y = CNN_X(4, seed=64), _randint(3, 4, 64)
+    outputs: list[weakref.ref] = []
+    handles = [
+        m.register_forward_hook(lambda _m, _a, out: outputs.append(weakref.ref(out)))
+        for m in model.modules()
+        if list(m.parameters(recurse=False))
+    ]
+    MEASUREMENTS[name](model, x, y)
+    for h in handles:
+        h.remove()
+    gc.collect()
+    assert outputs, "no layer ran"
+    alive = sum(r() is not None for r in outputs)
+    assert alive == 0, f"{alive} of {len(outputs)} layer outputs still alive"
+
+
 def test_eval_mode_restores_each_flag():
     model = _train_mode_bn_model()
     flags = [m.training for m in model.modules()]

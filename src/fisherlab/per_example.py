@@ -366,6 +366,25 @@ def _per_layer_sq_norms(
     with _recording(model, keep_outputs=xg is None, strategy=strategy) as rec:
         _check_batchnorm(rec.modules)
         logits = model(x if xg is None else xg.clone())  # clone: the model may edit x in place
+    try:
+        return _backward_sq_norms(rec, x, xg, logits, label_fn, strategy)
+    finally:
+        # The output hooks hold the recorder, and the recorder holds the layers' inputs,
+        # which are the hooked outputs of earlier layers: a reference cycle through the
+        # autograd graph that the garbage collector cannot see. Break it, or every call
+        # leaks its activations.
+        rec.calls.clear()
+        rec.cache.clear()
+
+
+def _backward_sq_norms(
+    rec: _Recorder,
+    x: Tensor,
+    xg: Tensor | None,
+    logits: Tensor,
+    label_fn: Callable[[Tensor], LabelSets],
+    strategy: Strategy,
+) -> Tensor | None:
     if not rec.usable or not rec.calls or rec.changed():
         return None
     if max(_parameter_uses(logits).values(), default=0) > 1:
