@@ -118,9 +118,9 @@ def test_snakemake_through_slurm(slurm_cluster, tmp_path):
         assert "gres/gpu=1" in r[3] and "mem=100M" in r[3], r
         rows[j] = r
     # two fake GPUs on the node: jobs that overlap in time hold different GPUs
-    (s1, e1), (s2, e2) = sorted(
+    (_, first_end), (second_start, _) = sorted(
         (datetime.fromisoformat(r[4]), datetime.fromisoformat(r[5])) for r in rows.values())
-    if s2 < e1:
+    if second_start < first_end:
         assert gpus[0] != gpus[1], (rows, lines)
     # The profile key took effect. The plugin polls after seconds-between-status-checks (2),
     # adds 10 s after each poll that finds nothing finished, and falls back to
