@@ -14,7 +14,6 @@ status ``diverged``; no exception leaves the loop for it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,46 +33,7 @@ from .memorization import group_metrics, group_samples
 from .models import build_model
 from .penalties import build_regularizer
 from .schedule import multistep_lr
-
-
-@dataclass
-class TrainConfig:
-    """Every hyperparameter of one run, in one place."""
-
-    model: str = "simple_cnn"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.01  # base learning rate
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma
-    gamma: float = 0.1
-    regularizer: str = "none"  # none, fp, fp_exact, gp, gpx, gpr, mixup
-    regularizer_kwargs: dict[str, Any] = field(default_factory=dict)  # alpha, every, beta, start_epoch
-    fisher_examples: int = 512  # N: fixed training examples for Tr(F) and Tr(F_B)
-    fisher_every: int = 0  # K: measure every K steps (0: at the end of each epoch only)
-    fisher_batch_size: int | None = None  # B of Tr(F_B); default: batch_size
-    fisher_chunk: int = 128  # examples per Tr(F) pass (memory bound)
-    group_examples: int = 512  # per training-set group: examples of the mean gradients (Sec. 4.1)
-    bn_update_batches: int = 0  # evaluate with BN statistics from this many training batches (I.2: 100)
-    eval_batch_size: int = 1000
-    divergence_check_every: int = 20  # steps between (device-syncing) finiteness checks
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self):
-        positive = ("epochs", "batch_size", "lr", "fisher_examples", "fisher_chunk",
-                    "group_examples", "eval_batch_size", "divergence_check_every")  # fmt: skip
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay", "fisher_every", "bn_update_batches"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from .train_config import TrainConfig
 
 
 @dataclass

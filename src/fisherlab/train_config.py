@@ -1,0 +1,53 @@
+"""Every hyperparameter of one training run, in one place: :class:`TrainConfig`.
+
+Pure Python (no torch), so that the run plan (:mod:`fisherlab.plan`) can build the
+training spec of every run of the pipeline without importing torch. Its defaults are
+the paper's (Supplement I.2) and the pipeline's config schema mirrors them
+(``workflow/schemas/config.schema.yaml``; a test checks that they agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of one run, in one place."""
+
+    model: str = "simple_cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01  # base learning rate
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma
+    gamma: float = 0.1
+    regularizer: str = "none"  # none, fp, fp_exact, gp, gpx, gpr, mixup
+    regularizer_kwargs: dict[str, Any] = field(default_factory=dict)  # alpha, every, beta, start_epoch
+    fisher_examples: int = 512  # N: fixed training examples for Tr(F) and Tr(F_B)
+    fisher_every: int = 0  # K: measure every K steps (0: at the end of each epoch only)
+    fisher_batch_size: int | None = None  # B of Tr(F_B); default: batch_size
+    fisher_chunk: int = 128  # examples per Tr(F) pass (memory bound)
+    group_examples: int = 512  # per training-set group: examples of the mean gradients (Sec. 4.1)
+    bn_update_batches: int = 0  # evaluate with BN statistics from this many training batches (I.2: 100)
+    eval_batch_size: int = 1000
+    divergence_check_every: int = 20  # steps between (device-syncing) finiteness checks
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        positive = ("epochs", "batch_size", "lr", "fisher_examples", "fisher_chunk",
+                    "group_examples", "eval_batch_size", "divergence_check_every")  # fmt: skip
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("momentum", "weight_decay", "fisher_every", "bn_update_batches"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
