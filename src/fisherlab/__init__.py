@@ -1,129 +1,51 @@
 """fisherlab: the mathematics and the training loop of "Catastrophic Fisher Explosion:
-Early Phase Fisher Matrix Impacts Generalization" (Jastrzebski et al., ICML 2021)."""
+Early Phase Fisher Matrix Impacts Generalization" (Jastrzebski et al., ICML 2021).
 
-from .curvature import (
-    HutchinsonEstimate,
-    eval_mode,
-    gradient_cosine,
-    mean_gradient,
-    mean_gradient_sq_norm,
-    sample_labels,
-    trace_fisher,
-    trace_fisher_batch,
-    trace_hessian,
-)
-from .models import MODELS, build_model, register
-from .per_example import per_example_grad_sq_norms
+The API is flat (``from fisherlab import trace_fisher, FisherPenalty, train``) and
+lazy: a name's module is imported on first use, so that the torch-free parts (the run
+plan, :mod:`fisherlab.plan`; :class:`TrainConfig`) import without torch.
+"""
 
-__version__ = "0.1.0"
-from .penalties import (
-    REGULARIZERS,
-    FisherPenalty,
-    FisherPenaltyExact,
-    GradientNormPenalty,
-    GradientPenalty,
-    InputGradientPenalty,
-    Mixup,
-    NoRegularizer,
-    RandomLabelGradientPenalty,
-    Regularizer,
-    StepOutput,
-    build_regularizer,
-)
-from .memorization import group_metrics
-from .preemption import Preempted, StopFlag
-from .schedule import every_n_epochs, multistep_lr
-from .trainer import TrainConfig, TrainData, TrainResult, evaluate, train
-from .data import (
-    DatasetFormatError,
-    DeviceData,
-    ImageDataset,
-    augment_batch,
-    channel_stats,
-    load_dataset,
-    make_synthetic,
-    save_dataset,
-    split_validation,
-)
-from .report import (
-    fig4,
-    fig4_multi,
-    fig5,
-    fig12,
-    load_summaries,
-    select_alpha,
-    select_hyper,
-    select_lr,
-    table1,
-    table3,
-    table4,
-    table5,
-    table6,
-    table8,
-    table9,
-)
-from .runio import write_run
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._version import __version__
+
+#: Every public name and the submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["HutchinsonEstimate", "eval_mode", "gradient_cosine", "mean_gradient", "mean_gradient_sq_norm",
+                     "sample_labels", "trace_fisher", "trace_fisher_batch", "trace_hessian"], "curvature"),
+    **dict.fromkeys(["MODELS", "build_model", "register"], "models"),
+    **dict.fromkeys(["per_example_grad_sq_norms"], "per_example"),
+    **dict.fromkeys(["REGULARIZERS", "FisherPenalty", "FisherPenaltyExact", "GradientNormPenalty", "GradientPenalty",
+                     "InputGradientPenalty", "Mixup", "NoRegularizer", "RandomLabelGradientPenalty", "Regularizer",
+                     "StepOutput", "build_regularizer"], "penalties"),
+    **dict.fromkeys(["group_metrics"], "memorization"),
+    **dict.fromkeys(["Preempted", "StopFlag"], "preemption"),
+    **dict.fromkeys(["every_n_epochs", "multistep_lr"], "schedule"),
+    **dict.fromkeys(["TrainConfig"], "train_config"),
+    **dict.fromkeys(["TrainData", "TrainResult", "train"], "trainer"),
+    **dict.fromkeys(["DatasetFormatError", "DeviceData", "ImageDataset", "augment_batch", "channel_stats",
+                     "load_dataset", "make_synthetic", "save_dataset", "split_validation"], "data"),
+    **dict.fromkeys(["fig4", "fig4_multi", "fig5", "fig12", "load_summaries", "select_alpha", "select_hyper",
+                     "select_lr", "table1", "table3", "table4", "table5", "table6", "table8", "table9"], "report"),
+    **dict.fromkeys(["write_run"], "runio"),
+    **dict.fromkeys(["Plan", "RunSpec", "build_plan"], "plan"),
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
 
 
-__all__ = [
-    "Preempted",
-    "StopFlag",
-    "group_metrics",
-    "fig5",
-    "fig12",
-    "select_hyper",
-    "table3",
-    "table8",
-    "table9",
-    "DatasetFormatError",
-    "DeviceData",
-    "FisherPenalty",
-    "FisherPenaltyExact",
-    "GradientNormPenalty",
-    "GradientPenalty",
-    "HutchinsonEstimate",
-    "ImageDataset",
-    "InputGradientPenalty",
-    "MODELS",
-    "Mixup",
-    "NoRegularizer",
-    "REGULARIZERS",
-    "RandomLabelGradientPenalty",
-    "Regularizer",
-    "StepOutput",
-    "TrainConfig",
-    "TrainData",
-    "TrainResult",
-    "augment_batch",
-    "build_model",
-    "build_regularizer",
-    "channel_stats",
-    "eval_mode",
-    "evaluate",
-    "every_n_epochs",
-    "fig4",
-    "fig4_multi",
-    "gradient_cosine",
-    "load_dataset",
-    "load_summaries",
-    "make_synthetic",
-    "mean_gradient",
-    "mean_gradient_sq_norm",
-    "multistep_lr",
-    "per_example_grad_sq_norms",
-    "register",
-    "sample_labels",
-    "save_dataset",
-    "select_alpha",
-    "select_lr",
-    "split_validation",
-    "table1",
-    "table4",
-    "table5",
-    "table6",
-    "trace_fisher",
-    "trace_fisher_batch",
-    "trace_hessian",
-    "train",
-    "write_run",
-]
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fisherlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

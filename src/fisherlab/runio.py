@@ -51,7 +51,7 @@ def code_version() -> str:
     when it is installed from a git checkout (as with ``pip install -e .``)."""
     import subprocess
 
-    from . import __version__
+    from ._version import __version__
 
     try:
         described = subprocess.run(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register
+from .registry import register
 
 
 class DenseLayer(nn.Module):

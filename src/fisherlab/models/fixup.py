@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import register
+from .registry import register
 from .layers import Bias, Scale
 
 

@@ -56,7 +56,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import register
+from .registry import register
 
 DEPTHS = {26: 4, 32: 5, 52: 8, 56: 9}
 """Registered depth -> blocks per stage (52: see the module docstring)."""
