@@ -136,14 +136,20 @@ def load_noisy_labels(path: str | os.PathLike) -> NoisyLabels:
 
 def apply_noisy_labels(ds: ImageDataset, noisy: NoisyLabels, where: str = "noisy labels") -> ImageDataset:
     """``ds`` with the labels of ``noisy``, after checking that the file belongs to it:
-    the same number of examples and classes, and clean labels equal to ``ds.y``."""
+    the same number of examples and classes, and clean labels equal to ``ds.y``.
+    ``DatasetFormatError`` (prefixed by ``where``, e.g. the two paths) otherwise."""
+    fix = "delete the noisy-label file to have the pipeline make it again from this training set"
     if len(noisy) != len(ds) or noisy.num_classes != ds.num_classes:
         raise DatasetFormatError(
-            f"{where}: the file has {len(noisy)} examples and {noisy.num_classes} classes, "
-            f"the training set {len(ds)} and {ds.num_classes}"
+            f"{where}: the noisy-label file belongs to another dataset: it has {len(noisy)} examples and "
+            f"{noisy.num_classes} classes, the training set {len(ds)} and {ds.num_classes}; {fix}"
         )
-    if not np.array_equal(noisy.clean, ds.y):
-        raise DatasetFormatError(f"{where}: the clean labels differ from the training set's labels")
+    differ = np.flatnonzero(noisy.clean != ds.y)
+    if len(differ):
+        raise DatasetFormatError(
+            f"{where}: the noisy-label file belongs to another dataset: its clean labels differ from the "
+            f"training set's labels at {len(differ)} of {len(ds)} indices (first: {differ[0]}); {fix}"
+        )
     return ImageDataset(ds.x, noisy.label.copy(), ds.classes)
 
 
