@@ -2,6 +2,7 @@
 # snakemake --cores 2 results/table1.csv                       (one machine)
 # snakemake --profile slurm results/table3.csv                 (a SLURM cluster)
 # snakemake --configfile configs/demo.yaml --cores 2 all        (the offline demo)
+# Which runs exist, what each trains and reads: the run plan (src/fisherlab/plan).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -14,16 +15,15 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/measure.smk"
-include: "workflow/rules/noisy.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
-        TABLES if table_settings(1) else [],
-        "results/fig4.png" if table_settings(1) else [],
-        TABLES2 if table_settings(2) else [],
+        [f"results/{t}.{ext}" for table, names in TABLES.items() if fisher_penalty.settings_of(config, table)
+         for t in names for ext in ("csv", "md")],
+        "results/fig4.png" if fisher_penalty.settings_of(config, 1) else [],
         "results/hessian.csv",
-        NOISY_TABLES,
-        NOISY_FIGURES,
+        [f"results/{t}.{ext}" for t in NOISY_TABLES for ext in ("csv", "md")],
+        [f"results/{fig}.png" for fig in NOISY_FIGURES],
     default_target: True

@@ -45,44 +45,48 @@ def paper_config() -> dict:
 
 
 def test_dry_run_of_the_paper_config():
+    """The DAG of the paper's config, rule by rule; which runs exist is tested fast, per
+    family, in test_plan.py (the plan is what the rules read)."""
     t0 = time.perf_counter()
     proc = snakemake("-n", "--cores", "2")
     seconds = time.perf_counter() - t0
     counts = job_counts(proc.stdout)
     cfg = paper_config()
     seeds = len(cfg["seeds"])
-    expected_train, expected_final = 0, 0
+    expected_train, expected_final, selections = 0, 0, 0
     noisy_bases = {ns["base"] for ns in cfg["noisy"]["settings"].values() if ns.get("lr") is None}
     for name, s in cfg["settings"].items():
         regs, table = len(s["regularizers"]), s.get("table", 1)
         if table == 0:  # a recipe: only the lr search a noisy setting needs
             expected_train += len(s["lr_grid"]) if name in noisy_bases else 0
+            selections += name in noisy_bases
             continue
         final = ((2 if table == 1 else 1) + regs) * seeds  # Table 2 has no Baseline column
         expected_train += len(s["lr_grid"]) + 10 * regs + final
         expected_final += final
-    assert counts["train_lr_grid"] + counts["train_alpha_grid"] + counts["train_final"] == expected_train
-    assert counts["train_final"] == expected_final
-    assert counts["tables"] == counts["tables2"] == counts["fig4"] == counts["all"] == 1
-    for target in ("results/table1.csv", "results/table4.csv", "results/table5.csv",
-                   "results/table6.csv", "results/fig4.png", "results/table2.csv", "results/table7.csv"):  # fmt: skip
-        assert target in proc.stdout
+        selections += 1 + regs
     # noisy labels: per setting and fraction, the grids at the search seed, the baseline
     # at every seed, the selected strength at the other seeds (the search seed's is adopted)
     noisy, fractions = cfg["noisy"]["settings"], len(cfg["noisy"]["fractions"])
     grids = sum(len(g) for ns in noisy.values() for g in ns["regularizers"].values())
     regs = sum(len(ns["regularizers"]) for ns in noisy.values())
-    assert counts["train_noisy_grid"] == fractions * grids
-    assert counts["train_noisy_baseline"] == fractions * len(noisy) * seeds
-    assert counts["train_noisy_selected"] == fractions * regs * (seeds - 1)
-    assert counts["adopt_selected_run"] == counts["select_noisy"] == fractions * regs
+    expected_train += fractions * (grids + len(noisy) * seeds + regs * (seeds - 1))
+    selections += fractions * regs
+    assert counts["train"] == expected_train == 561
+    assert counts["trace_hessian"] == expected_final
+    assert counts["select"] == selections == 52
+    assert counts["adopt"] == fractions * regs
     assert counts["noisy_labels"] == fractions * seeds
+    assert counts["tables"] == counts["tables2"] == counts["fig4"] == counts["all"] == 1
     assert counts["noisy_tables"] == counts["fig5"] == counts["fig11"] == counts["fig12"] == 1
-    for target in ("results/table3.csv", "results/table8.csv", "results/table9.csv",
-                   "results/fig5.png", "results/fig11.png", "results/fig12.png"):  # fmt: skip
+    assert sum(counts.values()) == 767  # the same DAG as before the run plan
+    for target in ("results/table1.csv", "results/table4.csv", "results/table5.csv", "results/table6.csv",
+                   "results/fig4.png", "results/table2.csv", "results/table7.csv", "results/table3.csv",
+                   "results/table8.csv", "results/table9.csv", "results/fig5.png", "results/fig11.png",
+                   "results/fig12.png"):  # fmt: skip
         assert target in proc.stdout
     print(f"dry run of the paper config: {seconds:.2f} s, {sum(counts.values())} jobs")
-    assert seconds < 30  # the target (<= 5 s) is reported, not timed, here
+    assert seconds < 60  # the target is reported (README), not timed, here
 
 
 def test_a_fixed_lr_star_and_alpha_skip_the_searches(tmp_path):
@@ -95,12 +99,17 @@ def test_a_fixed_lr_star_and_alpha_skip_the_searches(tmp_path):
         ns["regularizers"] = {reg: grid[:1] for reg, grid in ns["regularizers"].items()}
     overlay = tmp_path / "fixed.yaml"
     overlay.write_text(yaml.safe_dump(cfg))
-    counts = job_counts(snakemake("-n", "--cores", "2", "--configfile", str(overlay)).stdout)
-    assert "train_lr_grid" not in counts and "train_alpha_grid" not in counts
-    assert counts["train_noisy_grid"] == counts["select_noisy"] == counts["adopt_selected_run"]
+    proc = snakemake("-n", "--cores", "2", "--configfile", str(overlay))
+    assert "/lrgrid/" not in proc.stdout and "/alphagrid/" not in proc.stdout
+    counts = job_counts(proc.stdout)
     ran = [n for n, s in cfg["settings"].items() if s.get("table", 1) != 0]
-    bases = {ns["base"] for ns in cfg["noisy"]["settings"].values()}
-    assert counts["select_lr"] == len(set(ran) | bases)
+    noisy = cfg["noisy"]["settings"]
+    regs = sum(len(ns["regularizers"]) for ns in noisy.values()) * len(cfg["noisy"]["fractions"])
+    bases = {ns["base"] for ns in noisy.values()}
+    lr_selections = len(set(ran) | bases)
+    alpha_selections = sum(len(cfg["settings"][n]["regularizers"]) for n in ran)
+    assert counts["select"] == lr_selections + alpha_selections + regs
+    assert counts["adopt"] == regs
 
 
 def valid() -> dict:

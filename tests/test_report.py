@@ -10,21 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fisherlab.measures import crossing
 from fisherlab.report import (
     DISPLAY_NAMES,
     TABLE1_COLUMNS,
     fig4,
-    fig4_multi,
     load_summaries,
     read_run,
     results_table,
-    select_alpha,
-    select_lr,
+    select,
     table1,
     table4,
     table6,
     to_markdown,
-    trace_fisher_initial,
     write_table,
 )
 
@@ -163,20 +161,19 @@ def test_load_summaries(df, runs_root):
 # -------------------------------------------------------------------------- Tr(F_i)
 
 
-def test_trace_fisher_initial(runs_root):
+def test_trace_fisher_initial_from_a_runs_curvature_csv(runs_root):
+    """Tr(F_i) (fisherlab.measures.crossing) on a curvature.csv as the trainer writes it;
+    the estimator's cases are in test_measures.py."""
     curv = pd.read_csv(runs_root / "s_eta_0" / "curvature.csv")
     assert np.isnan(curv["train_loss_running"].iloc[0])
-    assert trace_fisher_initial(curv, 1.5) == 20.0  # step 10: loss 1.4 is the first below 1.5
-    assert trace_fisher_initial(curv, 2.2) == 10.0  # step 5; the NaN at step 0 never counts
-    assert trace_fisher_initial(curv, 1.4) == 16.0  # strictly below: 1.4 does not cross
-    assert np.isnan(trace_fisher_initial(curv, 0.1))  # never reached
-    shuffled = curv.iloc[[4, 2, 0, 3, 1]]
-    assert trace_fisher_initial(shuffled, 1.5) == 20.0  # step order, not row order
-    crafted = pd.DataFrame({"step": [0, 1, 2, 3], "trace_fisher": [9.0, 8.0, 7.0, 6.0],
-                            "train_loss_running": [np.nan, np.nan, 0.5, 0.1]})  # fmt: skip
-    assert trace_fisher_initial(crafted, 1.0) == 7.0
-    all_nan = crafted.assign(train_loss_running=np.nan)
-    assert np.isnan(trace_fisher_initial(all_nan, 1.0))
+    rows = curv.to_dict("records")
+    assert crossing(rows, 2.2).status == "at first measurement"  # the NaN at step 0 never counts
+    c = crossing(rows, 1.5)  # losses 2.1 at step 5 and 1.4 at step 10: 6/7 of the way
+    f5, f10 = curv["trace_fisher"].iloc[1], curv["trace_fisher"].iloc[2]
+    assert c.status == "ok" and c.step == pytest.approx(5 + 5 * 6 / 7)
+    assert c.trace_fisher_i == pytest.approx(f5 + (f10 - f5) * 6 / 7)
+    assert math.isnan(crossing(rows, 0.1).trace_fisher_i)  # never reached
+    assert crossing(curv.iloc[[4, 2, 0, 3, 1]].to_dict("records"), 1.5) == c  # step order, not row order
 
 
 # ------------------------------------------------------------------------ selection
@@ -185,7 +182,7 @@ def test_trace_fisher_initial(runs_root):
 def test_select_lr_mean_over_seeds():
     # lr 0.1: one seed 0.9 but mean 0.6; lr 0.03: mean 0.7 -> 0.03
     df = grid([(0.1, 0, "ok", 0.9), (0.1, 1, "ok", 0.3), (0.03, 0, "ok", 0.7), (0.03, 1, "ok", 0.7)])
-    assert select_lr(df) == 0.03
+    assert select(df, "lr") == 0.03
 
 
 def test_select_lr_excludes_diverged_and_breaks_ties_upwards():
@@ -193,35 +190,35 @@ def test_select_lr_excludes_diverged_and_breaks_ties_upwards():
     df = grid([(1.0, 0, "diverged", np.nan), (1.0, 1, "diverged", np.nan),
                (0.3, 0, "ok", 0.8), (0.3, 1, "diverged", 0.99),
                (0.1, 0, "ok", 0.7), (0.1, 1, "ok", 0.75)])  # fmt: skip
-    assert select_lr(df) == 0.3
+    assert select(df, "lr") == 0.3
     tie = grid([(0.01, 0, "ok", 0.6), (0.01, 1, "ok", 0.8), (0.1, 0, "ok", 0.7), (0.1, 1, "ok", 0.7),
                 (0.03, 0, "ok", 0.5)])  # fmt: skip
-    assert select_lr(tie) == 0.1
+    assert select(tie, "lr") == 0.1
 
 
 def test_select_errors():
     with pytest.raises(ValueError, match="ok"):
-        select_lr(grid([(0.1, 0, "diverged", np.nan), (0.3, 0, "diverged", np.nan)]))
+        select(grid([(0.1, 0, "diverged", np.nan), (0.3, 0, "diverged", np.nan)]), "lr")
     with pytest.raises(ValueError, match="ok"):
-        select_lr(grid([]).reindex(columns=["lr", "status", "best_val_acc"]))
+        select(grid([]).reindex(columns=["lr", "status", "best_val_acc"]), "lr")
     mixed = grid([(0.1, 0, "ok", 0.5), (0.3, 0, "ok", 0.6)]).assign(setting=["a", "b"])
     with pytest.raises(ValueError, match="setting"):
-        select_lr(mixed)
+        select(mixed, "lr")
 
 
 def test_select_alpha():
     df = grid([(0.01, 0, "ok", 0.60), (0.01, 1, "ok", 0.64), (0.1, 0, "ok", 0.70),
                (0.1, 1, "diverged", np.nan), (0.3, 0, "ok", 0.61), (0.3, 1, "ok", 0.63)],
               key="alpha")  # fmt: skip
-    assert select_alpha(df) == 0.1
+    assert select(df, "alpha") == 0.1
     df.loc[df["alpha"] == 0.1, "status"] = "diverged"
-    assert select_alpha(df) == 0.3  # tie 0.62 with 0.01 -> larger alpha
+    assert select(df, "alpha") == 0.3  # tie 0.62 with 0.01 -> larger alpha
     with pytest.raises(ValueError, match="ok"):
-        select_alpha(df.assign(status="diverged"))
+        select(df.assign(status="diverged"), "alpha")
 
 
 def test_select_lr_on_loaded_grid(df):
-    assert select_lr(df[(df["role"] == "lrgrid")]) == 0.1
+    assert select(df[(df["role"] == "lrgrid")], "lr") == 0.1
 
 
 # --------------------------------------------------------------------------- tables
@@ -329,7 +326,7 @@ def load_pair(root, name):
     return pd.read_csv(root / name / "metrics.csv"), pd.read_csv(root / name / "curvature.csv")
 
 
-def test_fig4_multi_png(runs_root, tmp_path):
+def test_fig4_png(runs_root, tmp_path):
     from PIL import Image
 
     settings = {
@@ -338,7 +335,7 @@ def test_fig4_multi_png(runs_root, tmp_path):
         "vgg11_c100": {"eta_star": load_pair(runs_root, "v_eta_0"), "gp": load_pair(runs_root, "v_gp_0")},
     }  # fmt: skip
     out = tmp_path / "figs" / "fig4.png"
-    fig4_multi(settings, out, setting_names={"vgg11_c100": "VGG11 / CIFAR-100"})
+    fig4(settings, out, setting_names={"vgg11_c100": "VGG11 / CIFAR-100"})
     assert out.stat().st_size > 0
     with Image.open(out) as im:
         im.verify()
@@ -348,10 +345,10 @@ def test_fig4_multi_png(runs_root, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["fig4.png"]
 
     single = tmp_path / "figs" / "fig4_simplecnn.png"
-    fig4(settings["simplecnn_c10"], "SimpleCNN / CIFAR-10", single, smooth=3)
+    fig4({"simplecnn_c10": settings["simplecnn_c10"]}, single, smooth=3)
     with Image.open(single) as im:
         w1, h1 = im.size
     assert w1 > h1 and h1 < h  # one row is shorter than two
     assert sorted(p.name for p in out.parent.iterdir()) == ["fig4.png", "fig4_simplecnn.png"]
     with pytest.raises(ValueError):
-        fig4_multi({}, tmp_path / "empty.png")
+        fig4({}, tmp_path / "empty.png")

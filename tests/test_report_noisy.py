@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from fisherlab import report
+from fisherlab.measures import noisy_acc_at_clean_acc
 
 
 def runs():
@@ -45,20 +46,20 @@ def test_a_diverged_seed_shows_in_the_cell():
     assert "partial" in report.to_markdown(t)
 
 
-def test_select_hyper_prefers_the_best_validation_accuracy():
+def test_select_prefers_the_best_validation_accuracy():
     df = pd.DataFrame(dict(beta=[0.2, 0.4, 0.8], best_val_acc=[0.3, 0.5, 0.4], status="ok",
                            setting="s", regularizer="mixup"))  # fmt: skip
-    assert report.select_hyper(df, "beta") == 0.4
+    assert report.select(df, "beta") == 0.4
     df.loc[1, "status"] = "diverged"
-    assert report.select_hyper(df, "beta") == 0.8
+    assert report.select(df, "beta") == 0.8
 
 
 def test_noisy_accuracy_at_a_matched_clean_accuracy():
     m = pd.DataFrame(dict(epoch=[1, 2, 3], train_acc_clean=[0.2, 0.6, 0.9], train_acc_noisy=[0.0, 0.1, 0.4]))
-    assert report.noisy_acc_at_clean_acc(m, 0.4) == pytest.approx(0.05)
-    assert report.noisy_acc_at_clean_acc(m, 0.9) == pytest.approx(0.4)
-    assert report.noisy_acc_at_clean_acc(m, 0.1) == 0.0
-    assert math.isnan(report.noisy_acc_at_clean_acc(m, 0.95))
+    assert noisy_acc_at_clean_acc(m.to_dict("records"), 0.4) == pytest.approx(0.05)
+    assert noisy_acc_at_clean_acc(m.to_dict("records"), 0.9) == pytest.approx(0.4)
+    assert noisy_acc_at_clean_acc(m.to_dict("records"), 0.1) == 0.0
+    assert math.isnan(noisy_acc_at_clean_acc(m.to_dict("records"), 0.95))
 
 
 def metrics(scale):
@@ -84,4 +85,4 @@ def test_choose_falls_back_to_the_smallest_value_when_every_run_diverged():
     value, source = report.choose(df, "alpha")
     assert value == 0.01 and source.startswith("fallback")
     with pytest.raises(report.NoFinishedRun):
-        report.select_hyper(df, "alpha")
+        report.select(df, "alpha")

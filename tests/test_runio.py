@@ -76,9 +76,10 @@ def test_experiment_load_data_and_run(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (64, 16, 20)
     assert abs(data.train.normalise(data.train.x).mean().item()) < 1e-4  # train-split statistics
     cfg = TrainConfig(model_kwargs={"image_size": 16}, epochs=2, batch_size=16, lr=0.01,
-                      fisher_examples=16, fisher_every=2)  # fmt: skip
-    result = run(cfg, data, tmp_path / "run", epsilon=5.0, log=lambda s: None, role="baseline")
+                      fisher_examples=16, fisher_every=2, epsilon=5.0)  # fmt: skip
+    result = run(cfg, data, tmp_path / "run", log=lambda s: None, role="baseline")
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     first_below = next(r["trace_fisher"] for r in result.curvature if r["train_loss_running"] < 5.0)
     assert summary["trace_fisher_i"] == pytest.approx(first_below) and summary["role"] == "baseline"
+    assert summary["trace_fisher_i_status"] == "at first measurement" and summary["epsilon"] == 5.0
     assert (tmp_path / "run/model.pt").exists()

@@ -27,15 +27,15 @@ EPOCHS, LR, ALPHA = 12, 0.03, 0.02  # alpha 0.01: no clear effect; 0.03 and 0.1:
 def run(regularizer: str, noise_path: str) -> pd.DataFrame:
     import torch
 
-    from fisherlab.experiment import load_data, setting_config
-    from fisherlab.trainer import train
+    from fisherlab.experiment import load_data
+    from fisherlab.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
     data = load_data(TRAIN, TEST, val_size=2000, noise_path=noise_path)
     recipe = dict(model="simple_cnn", epochs=EPOCHS, batch_size=128, momentum=0.9, weight_decay=0.0,
                   milestones=[], fisher_examples=128, group_examples=512)  # fmt: skip
     kwargs = {} if regularizer == "none" else {"alpha": ALPHA, "every": 10}
-    cfg = setting_config(recipe, lr=LR, regularizer=regularizer, regularizer_kwargs=kwargs, seed=0)
+    cfg = TrainConfig(**recipe, lr=LR, regularizer=regularizer, regularizer_kwargs=kwargs, seed=0)
     return pd.DataFrame(train(cfg, data).metrics)
 
 
@@ -43,7 +43,7 @@ def run(regularizer: str, noise_path: str) -> pd.DataFrame:
 @pytest.mark.skipif(not TRAIN.exists(), reason="no CIFAR-10 subset")
 def test_fp_learns_noisy_labels_more_slowly_at_a_matched_clean_accuracy(tmp_path):
     from fisherlab.data.noise import prepare_noisy_labels
-    from fisherlab.report import noisy_acc_at_clean_acc
+    from fisherlab.measures import noisy_acc_at_clean_acc
 
     noise = tmp_path / "noise.csv"
     prepare_noisy_labels(TRAIN, noise, 0.25, seed=0)
@@ -52,8 +52,8 @@ def test_fp_learns_noisy_labels_more_slowly_at_a_matched_clean_accuracy(tmp_path
     top = min(baseline["train_acc_clean"].max(), fp["train_acc_clean"].max())
     levels = np.arange(0.50, top, 0.025)
     gaps = pd.DataFrame({"clean_acc": levels,
-                         "baseline_noisy_acc": [noisy_acc_at_clean_acc(baseline, c) for c in levels],
-                         "fp_noisy_acc": [noisy_acc_at_clean_acc(fp, c) for c in levels]})  # fmt: skip
+                         "baseline_noisy_acc": [noisy_acc_at_clean_acc(baseline.to_dict("records"), c) for c in levels],
+                         "fp_noisy_acc": [noisy_acc_at_clean_acc(fp.to_dict("records"), c) for c in levels]})  # fmt: skip
     gaps["fp_minus_baseline"] = gaps["fp_noisy_acc"] - gaps["baseline_noisy_acc"]
     print("\n" + gaps.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"test acc at best val: baseline {baseline.loc[baseline['val_acc'].idxmax(), 'test_acc']:.4f}, "

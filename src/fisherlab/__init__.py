@@ -16,12 +16,13 @@ from ._version import __version__
 #: Every public name and the submodule that defines it.
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["HutchinsonEstimate", "eval_mode", "gradient_cosine", "mean_gradient", "mean_gradient_sq_norm",
-                     "sample_labels", "trace_fisher", "trace_fisher_batch", "trace_hessian"], "curvature"),
+                     "sample_labels", "trace_fisher", "trace_fisher_batch", "trace_hessian",
+                     "hessian_matmat", "hutchinson_trace", "hutchpp_trace"], "curvature"),
     **dict.fromkeys(["MODELS", "build_model", "register"], "models"),
     **dict.fromkeys(["per_example_grad_sq_norms"], "per_example"),
     **dict.fromkeys(["REGULARIZERS", "FisherPenalty", "FisherPenaltyExact", "GradientNormPenalty", "GradientPenalty",
                      "InputGradientPenalty", "Mixup", "NoRegularizer", "RandomLabelGradientPenalty", "Regularizer",
-                     "StepOutput", "build_regularizer"], "penalties"),
+                     "StepOutput", "build_regularizer", "SharpnessAwareMinimization"], "penalties"),
     **dict.fromkeys(["group_metrics"], "memorization"),
     **dict.fromkeys(["Preempted", "StopFlag"], "preemption"),
     **dict.fromkeys(["every_n_epochs", "multistep_lr"], "schedule"),
@@ -29,8 +30,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["TrainData", "TrainResult", "train"], "trainer"),
     **dict.fromkeys(["DatasetFormatError", "DeviceData", "ImageDataset", "augment_batch", "channel_stats",
                      "load_dataset", "make_synthetic", "save_dataset", "split_validation"], "data"),
-    **dict.fromkeys(["fig4", "fig4_multi", "fig5", "fig12", "load_summaries", "select_alpha", "select_hyper",
-                     "select_lr", "table1", "table3", "table4", "table5", "table6", "table8", "table9"], "report"),
+    **dict.fromkeys(["fig4", "fig5", "fig12", "load_summaries", "select", "choose", "table1", "table2", "table3",
+                     "table4", "table5", "table6", "table7", "table8", "table9"], "report"),
+    **dict.fromkeys(["crossing", "max_trace_fisher", "best_epoch"], "measures"),
     **dict.fromkeys(["write_run"], "runio"),
     **dict.fromkeys(["Plan", "RunSpec", "build_plan"], "plan"),
 }  # fmt: skip

@@ -4,27 +4,29 @@ pipeline's scripts call (and that a user can call from Python).
 ``load_data`` reads the canonical train/test files, carves a fixed-seed validation split
 out of the training set (5,000 examples in the paper, Supplement I.2) and puts every
 split on the device, normalised with the training split's channel statistics.
-``run`` trains, records Tr(F_i) (Section 3: Tr(F) when the training loss first falls
-below epsilon), and writes metrics.csv, curvature.csv, summary.json and model.pt.
+``run`` trains and writes metrics.csv, curvature.csv, summary.json and model.pt.
+``run_planned`` does both for one run of the pipeline's plan (:mod:`fisherlab.plan`),
+and ``trace_hessian_of_run`` measures Tr(H) of a finished run, its model rebuilt from
+the same spec.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import torch
 
 from .checkpoint import save_atomic
 from .data import DeviceData, ImageDataset, channel_stats, load_dataset, split_validation
 from .data.noise import apply_noisy_labels, load_noisy_labels
 from .preemption import Preempted
-from .report import trace_fisher_initial
-from .runio import write_run
+from .plan import RunSpec, read_selection
+from .runio import code_version, json_safe, write_run
 from .trainer import TrainConfig, TrainData, TrainResult, train
 
 
@@ -85,39 +87,20 @@ def load_data(
     return data
 
 
-def setting_config(
-    setting: Mapping[str, Any],
-    *,
-    lr: float,
-    regularizer: str = "none",
-    regularizer_kwargs: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-) -> TrainConfig:
-    """The :class:`TrainConfig` of one run of a pipeline setting (an entry of config.yaml's
-    ``settings``, or a resolved noisy setting): its recipe, plus the run's lr, regularizer
-    and seed."""
-    recipe = {k: setting[k] for k in ("model", "model_kwargs", "epochs", "batch_size", "momentum", "weight_decay",
-                                      "milestones", "gamma", "fisher_examples", "fisher_every",
-                                      "group_examples", "bn_update_batches") if k in setting}  # fmt: skip
-    return TrainConfig(**recipe, lr=lr, regularizer=regularizer,
-                       regularizer_kwargs=dict(regularizer_kwargs or {}), seed=seed, device=device)  # fmt: skip
-
-
 def run(
     cfg: TrainConfig,
     data: TrainData,
     out_dir: str | os.PathLike,
     *,
     checkpoint: str | os.PathLike | None = None,
-    epsilon: float = math.nan,
     log=print,
     should_stop=None,
-    **extra: Any,
+    **fields: Any,
 ) -> TrainResult:
     """Train (resuming from ``checkpoint``), then write the run's files under ``out_dir``:
-    metrics.csv, curvature.csv, summary.json (with ``extra``, epsilon and Tr(F_i)) and
-    model.pt (the final weights). The files appear only once training has ended.
+    metrics.csv, curvature.csv, summary.json (the trainer's summary, with ``fields``
+    added: the run's labels) and model.pt (the final weights). The files appear only once
+    training has ended.
 
     If ``should_stop`` (see :func:`fisherlab.trainer.train`) stops the run, its state is
     in ``checkpoint``, nothing is written to ``out_dir``, and :class:`Preempted` is raised."""
@@ -125,8 +108,68 @@ def run(
     if result.status == "preempted":
         raise Preempted(f"stopped on request at step {result.summary['steps']}; the state is in "
                         f"{checkpoint}, and running again resumes from it")  # fmt: skip
-    fisher_i = trace_fisher_initial(pd.DataFrame(result.curvature), epsilon)
     save_atomic(result.model.state_dict(), Path(out_dir) / "model.pt")
-    write_run(result, out_dir, epsilon=epsilon, trace_fisher_i=fisher_i, **extra)
-    log(f"status {result.status}; Tr(F_i) at loss < {epsilon:g}: {fisher_i:.4g}")
+    write_run(result, out_dir, **fields)
+    s = result.summary
+    log(f"status {result.status}; Tr(F_i) at loss < {s['epsilon']}: {s['trace_fisher_i']:.4g} "
+        f"({s['trace_fisher_i_status']}, step {s['crossing_step']:.1f})")  # fmt: skip
     return result
+
+
+def planned_data(spec: RunSpec, inputs: Mapping[str, str], device: str = "cpu") -> TrainData:
+    """The splits of a planned run, from its input files (``train``, ``test``, ``noise``)."""
+    return load_data(inputs["train"], inputs["test"], val_size=spec.data["val_size"],
+                     augment=spec.data["augment"], device=device, noise_path=inputs.get("noise"))  # fmt: skip
+
+
+def run_planned(
+    spec: RunSpec,
+    inputs: Mapping[str, str],
+    *,
+    device: str = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    log=print,
+    should_stop=None,
+) -> TrainResult:
+    """One run of the pipeline's plan: its TrainConfig and labels resolved from the
+    selection files among ``inputs`` (input name -> path, as the job sees them), its
+    data loaded, trained with :func:`run` into ``out_dir`` (default: the spec's path)."""
+    cfg, fields = spec.resolve(lambda name: read_selection(inputs[name]))
+    cfg.device = resolve_device(device)
+    data = planned_data(spec, inputs, cfg.device)
+    return run(cfg, data, out_dir or spec.path, checkpoint=checkpoint or spec.checkpoint, log=log,
+               should_stop=should_stop, code_version=code_version(), **fields)  # fmt: skip
+
+
+def trace_hessian_of_run(
+    spec: RunSpec,
+    inputs: Mapping[str, str],
+    model_path: str | os.PathLike,
+    summary_path: str | os.PathLike,
+    *,
+    probes: int = 30,
+    examples: int = 1000,
+    distribution: str = "rademacher",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Tr(H) of a finished run's weights (Hutchinson, Supplement B) on ``examples``
+    fixed training examples, the model rebuilt from the run's own spec (model and
+    ``model_kwargs``). A diverged run gets NaN: its curvature means nothing."""
+    from .curvature import trace_hessian
+    from .models import build_model
+
+    device = resolve_device(device)
+    cfg, _ = spec.resolve(lambda name: read_selection(inputs[name]))
+    summary = json.loads(Path(summary_path).read_text())
+    data = planned_data(spec, inputs, device)
+    model = build_model(cfg.model, num_classes=data.train.num_classes, **cfg.model_kwargs).to(device)
+    model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
+    n = min(examples, len(data.train))
+    idx = np.sort(np.random.default_rng(0).choice(len(data.train), n, replace=False))
+    x, y = data.train.batch(idx)
+    est, err = float("nan"), float("nan")
+    if summary["status"] == "ok":
+        est, err = trace_hessian(model, x, y, num_probes=probes, generator=0, distribution=distribution)
+    return json_safe({"trace_hessian": est, "stderr": err, "probes": probes, "examples": n,
+                      "distribution": distribution, "status": summary["status"]})  # fmt: skip

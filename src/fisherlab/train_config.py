@@ -28,8 +28,11 @@ class TrainConfig:
     gamma: float = 0.1
     regularizer: str = "none"  # none, fp, fp_exact, gp, gpx, gpr, mixup
     regularizer_kwargs: dict[str, Any] = field(default_factory=dict)  # alpha, every, beta, start_epoch
-    fisher_examples: int = 512  # N: fixed training examples for Tr(F) and Tr(F_B)
-    fisher_every: int = 0  # K: measure every K steps (0: at the end of each epoch only)
+    fisher_examples: int = 128  # N: fixed training examples for Tr(F) and Tr(F_B) (I.2: the batch size)
+    fisher_every: int = 100  # K: measure every K steps (0: at the end of each epoch only)
+    fisher_every_early: int = 0  # K before the loss first falls below epsilon (0: K); Tr(F_i) (Sec. 3)
+    epsilon: float | None = None  # training-loss threshold of Tr(F_i) (Sec. 3; I.1: 1.2 CIFAR-10, 3.5 CIFAR-100)
+    until: str = "end"  # "end": train all epochs; "crossing": stop once the loss is below epsilon
     fisher_batch_size: int | None = None  # B of Tr(F_B); default: batch_size
     fisher_chunk: int = 128  # examples per Tr(F) pass (memory bound)
     group_examples: int = 512  # per training-set group: examples of the mean gradients (Sec. 4.1)
@@ -45,9 +48,15 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay", "fisher_every", "bn_update_batches"):
+        for name in ("momentum", "weight_decay", "fisher_every", "fisher_every_early", "bn_update_batches"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ValueError(f"TrainConfig.epsilon must be > 0 or None, got {self.epsilon!r}")
+        if self.until not in ("end", "crossing"):
+            raise ValueError(f"TrainConfig.until must be 'end' or 'crossing', got {self.until!r}")
+        if self.until == "crossing" and self.epsilon is None:
+            raise ValueError("TrainConfig.until='crossing' needs an epsilon")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,7 +3,9 @@
 SGD with momentum and weight decay, a multi-step lr schedule, any regularizer of
 :mod:`fisherlab.penalties`, evaluation each epoch (train, val and test loss and
 accuracy), and Tr(F), Tr(F_B) on a fixed, seeded set of N training examples every K
-steps and at the end of each epoch. Seconds per epoch count training only: measurement
+steps (every K_early steps until the training loss first falls below epsilon: Tr(F_i),
+:mod:`fisherlab.measures`) and at the end of each epoch; with ``until="crossing"`` the
+run ends at that crossing. Seconds per epoch count training only: measurement
 and evaluation are timed apart.
 
 With a ``checkpoint`` path the loop saves its whole state there at the end of each
@@ -26,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batchnorm import recalibrated_batchnorm
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
 from .curvature import eval_mode, trace_fisher, trace_fisher_batch
 from .data import DeviceData
+from .measures import best_epoch, crossed, crossing, max_trace_fisher
 from .memorization import group_metrics, group_samples
 from .models import build_model
 from .penalties import build_regularizer
@@ -74,6 +77,8 @@ class _State:
     curvature: list[dict] = field(default_factory=list)
     partial: dict | None = None  # an epoch stopped midway: order, position, losses, seconds
     stops: list = field(default_factory=list)  # steps at which a stop request saved the state
+    crossed: bool = False  # the running training loss has been below epsilon (derived from curvature)
+    checkpoint_events: list = field(default_factory=list)  # unusable checkpoints moved aside (fisherlab.checkpoint)
 
 
 def train(
@@ -89,7 +94,7 @@ def train(
     set by SLURM's signal before a time-out): when it returns True, the state, the
     position within the epoch included, is saved to ``checkpoint`` and the run returns
     with status ``preempted``; calling ``train`` again continues exactly there."""
-    st = _restore(cfg, data, checkpoint) or _fresh(cfg, data)
+    st = _restore(cfg, data, checkpoint, log)
     probe = _measurement_set(cfg, data.train)
     samples = _group_samples(cfg, data)
     if not st.curvature:
@@ -100,21 +105,21 @@ def train(
         if st.partial is not None:  # stopped within the epoch
             st.stops.append(st.step)
             if checkpoint is not None:
-                save_atomic(_state_dict(cfg, st), checkpoint)
+                save_checkpoint(_state_dict(cfg, st), checkpoint)
             log(f"stop requested: state saved at step {st.step} (epoch {st.epoch + 1}) to {checkpoint}")
             return TrainResult("preempted", st.metrics, st.curvature, summarize(cfg, st), st.model)
         if st.status == "running":
             st.metrics.append(_epoch_row(cfg, st, data, seconds, losses, samples))
             log(_format_row(st.metrics[-1]))
         st.epoch += 1
-        if st.status == "running" and st.epoch == cfg.epochs:
+        if st.status == "running" and (st.epoch == cfg.epochs or (cfg.until == "crossing" and st.crossed)):
             st.status = "ok"
         if checkpoint is not None:
-            save_atomic(_state_dict(cfg, st), checkpoint)
+            save_checkpoint(_state_dict(cfg, st), checkpoint)
         if st.status == "running" and should_stop is not None and should_stop():
             st.stops.append(st.step)
             if checkpoint is not None:
-                save_atomic(_state_dict(cfg, st), checkpoint)
+                save_checkpoint(_state_dict(cfg, st), checkpoint)
             log(f"stop requested: state saved after epoch {st.epoch} to {checkpoint}")
             return TrainResult("preempted", st.metrics, st.curvature, summarize(cfg, st), st.model)
     return TrainResult(st.status, st.metrics, st.curvature, summarize(cfg, st), st.model)
@@ -135,18 +140,28 @@ def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor, s
     batches = data.train.batches(cfg.batch_size, st.data_rng, order=part["order"], start=part["position"])
     for position, (x, y) in enumerate(batches, start=part["position"] + 1):
         st.optimizer.zero_grad(set_to_none=True)
-        out = st.regularizer.backward(model, x, y, step=st.step, epoch=st.epoch)
+        try:
+            out = st.regularizer.backward(model, x, y, step=st.step, epoch=st.epoch)
+        except FloatingPointError as e:  # e.g. FP cannot sample labels from non-finite logits
+            _diverge(st, f"{e} at step {st.step}")
+            break
         st.optimizer.step()
         st.step += 1
         losses.append(out.loss)
         window.append(out.loss)
         if st.step % cfg.divergence_check_every == 0 and _diverged(st, losses):
             break
-        if cfg.fisher_every and st.step % cfg.fisher_every == 0:
+        every = cfg.fisher_every_early if cfg.fisher_every_early and not st.crossed else cfg.fisher_every
+        if every and st.step % every == 0:
             if _diverged(st, losses):
                 break
-            measure_s += _timed(device, lambda: st.curvature.append(_measure(cfg, st, probe, window)))
+            measure_s += _timed(device, lambda: _measure_into(cfg, st, probe, window))
+            if st.status == "diverged":
+                break
             window = []
+            st.crossed = st.crossed or crossed(st.curvature[-1:], cfg.epsilon)
+            if st.crossed and cfg.until == "crossing":
+                break
         if should_stop is not None and should_stop() and position * cfg.batch_size < len(data.train):
             st.partial = {"order": part["order"], "position": position, "losses": [v.item() for v in losses],
                           "window": [v.item() for v in window], "seconds": part["seconds"]}  # fmt: skip
@@ -157,7 +172,7 @@ def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor, s
         st.partial["seconds"] = seconds
         return seconds, losses
     if not _diverged(st, losses) and st.curvature[-1]["step"] != st.step:
-        st.curvature.append(_measure(cfg, st, probe, window))
+        _measure_into(cfg, st, probe, window)
     return seconds, losses
 
 
@@ -170,6 +185,19 @@ def _diverged(st: _State, losses: list[Tensor]) -> bool:
         st.status = "diverged"
         st.message = f"non-finite training loss or parameters by step {st.step} (epoch {st.epoch + 1})"
     return st.status == "diverged"
+
+
+def _diverge(st: _State, message: str) -> None:
+    st.status, st.message = "diverged", message
+
+
+def _measure_into(cfg: TrainConfig, st: _State, probe: Tensor, window: list[Tensor]) -> None:
+    """Append a measurement to ``st.curvature``; a model whose outputs are no longer
+    finite (its parameters may still be) has diverged."""
+    try:
+        st.curvature.append(_measure(cfg, st, probe, window))
+    except FloatingPointError as e:
+        _diverge(st, f"{e}, when measuring Tr(F) at step {st.step} (epoch {st.epoch + 1})")
 
 
 def _measure(cfg: TrainConfig, st: _State, probe: Tensor, window: list[Tensor]) -> dict:
@@ -214,22 +242,35 @@ def _state_dict(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "curvature": st.curvature,
         "partial": st.partial,
         "stops": st.stops,
+        "checkpoint_events": st.checkpoint_events,
     }
 
 
-def _restore(cfg: TrainConfig, data: TrainData, path: str | Path | None) -> _State | None:
-    ckpt = load_checkpoint(path, map_location=cfg.device) if path is not None else None
-    if ckpt is None:
-        return None
+def _restore(cfg: TrainConfig, data: TrainData, path: str | Path | None, log: Callable[[str], None]) -> _State:
+    """The state saved at ``path`` (or its previous generation), else a fresh one. An
+    unusable checkpoint (unreadable, or of another configuration) is moved aside, logged
+    and recorded in ``checkpoint_events`` (:func:`fisherlab.checkpoint.load_checkpoint`)."""
+    if path is None:
+        return _fresh(cfg, data)
+    loaded = load_checkpoint(path, lambda ckpt: _restore_state(cfg, data, ckpt), map_location=cfg.device, log=log)
+    st = loaded.value if loaded.value is not None else _fresh(cfg, data)
+    st.checkpoint_events = [*st.checkpoint_events, *loaded.events]
+    return st
+
+
+def _restore_state(cfg: TrainConfig, data: TrainData, ckpt: dict) -> _State:
+    """A :class:`_State` from a loaded checkpoint; :class:`CheckpointMismatch` if it lacks
+    a key or belongs to another configuration."""
+    missing = [k for k in ("config", "model", "optimizer", "regularizer", "data_rng", "progress", "metrics",
+                           "curvature") if k not in ckpt]  # fmt: skip
+    if missing:
+        raise CheckpointMismatch(f"missing keys {missing} (written by another code version?)")
     defaults, now = TrainConfig().to_dict(), cfg.to_dict()
     # a key the checkpoint lacks was added to TrainConfig later: fine at its default
     changed = sorted(k for k in now if ckpt["config"].get(k, defaults[k]) != now[k])
     changed += sorted(k for k in ckpt["config"] if k not in now)
     if changed:
-        raise ValueError(
-            f"checkpoint {path} belongs to another configuration (differs in {changed}); "
-            "delete it or use another path"
-        )
+        raise CheckpointMismatch(f"belongs to another configuration (differs in {changed})")
     st = _fresh(cfg, data)
     st.model.load_state_dict(ckpt["model"])
     st.optimizer.load_state_dict(ckpt["optimizer"])
@@ -238,7 +279,9 @@ def _restore(cfg: TrainConfig, data: TrainData, path: str | Path | None) -> _Sta
     for k, v in ckpt["progress"].items():
         setattr(st, k, v)
     st.metrics, st.curvature = ckpt["metrics"], ckpt["curvature"]
+    st.crossed = crossed(st.curvature, cfg.epsilon)
     st.partial, st.stops = ckpt.get("partial"), ckpt.get("stops", [])
+    st.checkpoint_events = ckpt.get("checkpoint_events", [])
     if st.partial is not None:
         st.partial["order"] = st.partial["order"].to(cfg.device)
     return st
@@ -298,13 +341,8 @@ def _epoch_row(cfg, st: _State, data: TrainData, seconds: float, losses: list[Te
 def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
     """The run's summary: status, final and best accuracies, max Tr(F), seconds/epoch."""
     last = st.metrics[-1] if st.metrics else {}
-    best = max(st.metrics, key=lambda r: r["val_acc"], default={})
-    if best and math.isnan(best["val_acc"]):
-        best = last
-    # max Tr(F) counts from the end of the first epoch on (Supplement A.2: Tr(F) explodes
-    # at initialisation in networks with BatchNorm)
-    fisher = [r["trace_fisher"] for r in st.curvature
-              if r["epoch"] >= 1 and math.isfinite(r["trace_fisher"])]  # fmt: skip
+    best = best_epoch(st.metrics)
+    fisher_i = crossing(st.curvature, cfg.epsilon)
     return {
         "status": st.status,
         "message": st.message,
@@ -316,9 +354,15 @@ def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "best_epoch": best.get("epoch"),
         "best_val_acc": best.get("val_acc", math.nan),
         "test_acc_at_best_val": best.get("test_acc", math.nan),
-        "max_trace_fisher": max(fisher, default=math.nan),
+        "max_trace_fisher": max_trace_fisher(st.curvature),
+        "epsilon": cfg.epsilon,
+        "trace_fisher_i": fisher_i.trace_fisher_i,  # Tr(F_i), Section 3 (fisherlab.measures)
+        "trace_fisher_i_status": fisher_i.status,
+        "crossing_step": fisher_i.step,
+        "crossing_epoch": fisher_i.epoch,
         "seconds_per_epoch": float(np.mean([r["seconds"] for r in st.metrics])) if st.metrics else math.nan,
         "stopped_at_steps": list(st.stops),  # preemptions / time-outs survived (resumed from there)
+        "checkpoint_events": list(st.checkpoint_events),  # unusable checkpoints moved aside, and what was resumed
         "seed": cfg.seed,
         "config": cfg.to_dict(),
     }  # fmt: skip

@@ -81,7 +81,7 @@ rule noisy_labels:
     # Section 4.1: exactly a fraction of the training labels replaced by uniform ones,
     # deterministic by seed (fisherlab.data.noise). Cheap: a localrule.
     input:
-        train=lambda wc: train_file(wc.ndataset),
+        train=lambda wc: data_files(config, wc.ndataset)["train"],
     output:
         f"{config['data']['root']}/{{ndataset}}/noise/frac{{noise}}_seed{{seed}}.csv",
     log:

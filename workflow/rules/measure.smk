@@ -1,26 +1,26 @@
-# Tr(H) of each final run at the end of training (Hutchinson, M probes; Supplement B).
+# Tr(H) of a run's final weights (Hutchinson, Supplement B), the model rebuilt from the
+# run's own spec in the plan.
 
 
 rule trace_hessian:
     input:
-        unpack(dataset_files),
-        model=f"{RUN}/final/{{role}}/seed{{seed}}/model.pt",
-        summary=f"{RUN}/final/{{role}}/seed{{seed}}/summary.json",
+        unpack(lambda wc: PLAN.inputs(wc.run)),
+        model=f"{RUNS}/{{run}}/model.pt",
+        summary=f"{RUNS}/{{run}}/summary.json",
     output:
-        f"{RUN}/final/{{role}}/seed{{seed}}/hessian.json",
+        f"{RUNS}/{{run}}/hessian.json",
     params:
-        setting=setting,
-        probes=config["hessian"]["probes"],
-        examples=config["hessian"]["examples"],
+        spec=lambda wc: PLAN.run(wc.run).to_dict(),
+        hessian=config["hessian"],
         device=config["device"],
     log:
-        f"{RUN}/final/{{role}}/seed{{seed}}/hessian.log",
+        f"{RUNS}/{{run}}/hessian.log",
     benchmark:
-        f"{RUN}/final/{{role}}/seed{{seed}}/hessian-benchmark.tsv"
+        f"{RUNS}/{{run}}/hessian-benchmark.tsv"
     threads: config["threads"]
     resources:
         runtime=lambda wc, attempt: 30 * 2 ** (attempt - 1),
-        mem_mb=TRAIN_MEM,
+        mem_mb=RUN_MEM,
         **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"

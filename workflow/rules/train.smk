@@ -1,33 +1,33 @@
-# Training runs: the lr search (eta*), the alpha search at the small lr, the final runs.
-# Each writes results/runs/<...>/{summary.json,metrics.csv,curvature.csv,model.pt} and
-# resumes from results/checkpoints/<...>/checkpoint.pt, kept outside the declared outputs.
+# Every training run of every family, by the run plan (fisherlab.plan): one rule trains,
+# one copies a selected grid run, one makes each selection (eta*, alpha*, ...). A run
+# writes results/runs/<run>/{summary.json,metrics.csv,curvature.csv,model.pt} and resumes
+# from results/checkpoints/<run>/checkpoint.pt, kept outside the declared outputs.
 
 
 localrules:
-    select_lr,
-    select_alpha,
+    select,
+    adopt,
 
 
-rule train_lr_grid:
-    # eta* search: plain training (no regularizer) at each lr of the grid, first seed.
+ruleorder: adopt > train
+
+
+rule train:
     input:
-        unpack(dataset_files),
+        unpack(lambda wc: PLAN.inputs(wc.run)),
     output:
-        **run_outputs(f"{RUN}/lrgrid/lr{{lr}}/seed{{seed}}/"),
+        **run_outputs(f"{RUNS}/{{run}}/"),
     params:
-        setting=setting,
-        role="lrgrid",
-        regularizer="none",
-        checkpoint=f"results/checkpoints/{{setting}}/lrgrid/lr{{lr}}/seed{{seed}}/checkpoint.pt",
+        spec=lambda wc: PLAN.run(wc.run).to_dict(),
         device=config["device"],
     log:
-        f"{RUN}/lrgrid/lr{{lr}}/seed{{seed}}/train.log",
+        f"{RUNS}/{{run}}/train.log",
     benchmark:
-        f"{RUN}/lrgrid/lr{{lr}}/seed{{seed}}/benchmark.tsv"
+        f"{RUNS}/{{run}}/benchmark.tsv"
     threads: config["threads"]
     resources:
-        runtime=TRAIN_RUNTIME,
-        mem_mb=TRAIN_MEM,
+        runtime=RUN_RUNTIME,
+        mem_mb=RUN_MEM,
         **SLURM_GPU,
     conda:
         "../../envs/fisherlab.yaml"
@@ -35,87 +35,35 @@ rule train_lr_grid:
         "../scripts/train.py"
 
 
-rule select_lr:
-    # eta* = the lr with the best validation accuracy; a number in config skips the search.
+rule adopt:
+    # the search seed's run at the selected strength is its grid run: copy its files
     input:
-        lr_grid_summaries,
+        unpack(lambda wc: PLAN.adoption_inputs(wc.run)),
     output:
-        "results/selection/{setting}/lr_star.json",
-    params:
-        setting=setting,
+        **run_outputs(f"{RUNS}/{{run}}/"),
+    wildcard_constraints:
+        run="|".join(map(re.escape, ADOPTED)) or "(?!)",
     log:
-        "results/logs/select/{setting}/lr_star.log",
+        f"{RUNS}/{{run}}/adopt.log",
     conda:
         "../../envs/fisherlab.yaml"
     script:
-        "../scripts/select_lr.py"
+        "../scripts/adopt_selected_run.py"
 
 
-rule train_alpha_grid:
-    # alpha search: each regularizer at lr = eta* / small_lr_factor, first seed.
+rule select:
+    # the value (lr, alpha, beta) whose run has the best validation accuracy at its best
+    # epoch; a number in config.yaml skips the search (source: config)
     input:
-        unpack(dataset_files),
-        lr=f"results/selection/{{setting}}/lr_star.json",
+        lambda wc: PLAN.selection(wc.selection).inputs(),
     output:
-        **run_outputs(f"{RUN}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/"),
+        f"{SELECTIONS}/{{selection}}.json",
     params:
-        setting=setting,
-        role="alphagrid",
-        checkpoint=f"results/checkpoints/{{setting}}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/checkpoint.pt",
-        device=config["device"],
+        key=lambda wc: PLAN.selection(wc.selection).key,
+        fixed=lambda wc: PLAN.selection(wc.selection).fixed,
     log:
-        f"{RUN}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/train.log",
-    benchmark:
-        f"{RUN}/alphagrid/{{reg}}/alpha{{alpha}}/seed{{seed}}/benchmark.tsv"
-    threads: config["threads"]
-    resources:
-        runtime=TRAIN_RUNTIME,
-        mem_mb=TRAIN_MEM,
-        **SLURM_GPU,
+        f"results/logs/select/{{selection}}.log",
     conda:
         "../../envs/fisherlab.yaml"
     script:
-        "../scripts/train.py"
-
-
-rule select_alpha:
-    # alpha* = the alpha with the best validation accuracy; a number in config skips it.
-    input:
-        alpha_grid_summaries,
-    output:
-        "results/selection/{setting}/{reg}/alpha_star.json",
-    params:
-        setting=setting,
-    log:
-        "results/logs/select/{setting}/{reg}/alpha_star.log",
-    conda:
-        "../../envs/fisherlab.yaml"
-    script:
-        "../scripts/select_alpha.py"
-
-
-rule train_final:
-    # The Table 1 runs: eta* (plain, at eta*), baseline (plain, at eta*/factor) and each
-    # regularizer at eta*/factor with its alpha*, for every seed.
-    input:
-        unpack(dataset_files),
-        unpack(selections),
-    output:
-        **run_outputs(f"{RUN}/final/{{role}}/seed{{seed}}/"),
-    params:
-        setting=setting,
-        checkpoint=f"results/checkpoints/{{setting}}/final/{{role}}/seed{{seed}}/checkpoint.pt",
-        device=config["device"],
-    log:
-        f"{RUN}/final/{{role}}/seed{{seed}}/train.log",
-    benchmark:
-        f"{RUN}/final/{{role}}/seed{{seed}}/benchmark.tsv"
-    threads: config["threads"]
-    resources:
-        runtime=TRAIN_RUNTIME,
-        mem_mb=TRAIN_MEM,
-        **SLURM_GPU,
-    conda:
-        "../../envs/fisherlab.yaml"
-    script:
-        "../scripts/train.py"
+        "../scripts/select.py"

@@ -1,4 +1,4 @@
-"""Adapter: Fig. 4 (validation accuracy and Tr(F) per regularizer), first seed."""
+"""Adapter: Fig. 4 (validation accuracy and Tr(F) per column of Table 1), first seed."""
 
 import sys
 from pathlib import Path
@@ -11,12 +11,8 @@ import pandas as pd  # noqa: E402
 from fisherlab import report  # noqa: E402
 
 sm = snakemake  # noqa: F821
-first_seed = f"seed{sm.config['seeds'][0]}"
 settings: dict = {}
-for path in map(Path, sm.input):
-    if path.parent.name != first_seed:
-        continue
-    setting, role = path.parts[-5], path.parts[-3]
-    frames = pd.read_csv(path.parent / "metrics.csv"), pd.read_csv(path.parent / "curvature.csv")
-    settings.setdefault(setting, {})[role] = frames
-report.fig4_multi(settings, sm.output[0])
+for _, run in report.load_summaries(list(sm.input)).iterrows():  # the first seed's final runs
+    d = Path(run["run_dir"])
+    settings.setdefault(run["setting"], {})[run["role"]] = pd.read_csv(d / "metrics.csv"), pd.read_csv(d / "curvature.csv")
+report.fig4(settings, sm.output[0])

@@ -9,12 +9,13 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F
 
 import pandas as pd  # noqa: E402
 
-from fisherlab.runio import write_text_atomic  # noqa: E402
+from fisherlab.atomic import write_text_atomic  # noqa: E402
+from fisherlab.report import read_run  # noqa: E402
 
 rows = []
-for path in map(Path, snakemake.input):  # noqa: F821
-    h = json.loads(path.read_text())
-    rows.append({"setting": path.parts[-5], "role": path.parts[-3], "seed": path.parts[-2][4:], **h})
+for path in map(Path, snakemake.input):  # noqa: F821  (each run's hessian.json, beside its summary)
+    run = read_run(path.parent)
+    rows.append({"setting": run["setting"], "role": run["role"], "seed": run["seed"], **json.loads(path.read_text())})
 table = pd.DataFrame(rows)
 print(table)
 write_text_atomic(snakemake.output[0], table.to_csv(index=False))  # noqa: F821

@@ -1,0 +1,113 @@
+"""Tr(F_i), max Tr(F) and the best epoch (fisherlab.measures) on hand-made records, and
+the trainer's dense-then-sparse cadence and ``until="crossing"``."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from fisherlab.measures import best_epoch, crossed, crossing, max_trace_fisher
+
+
+def rows(*triples, steps_per_epoch=10):
+    """Curvature rows from (step, Tr(F), running loss) triples, as curvature.csv holds them."""
+    return [{"step": s, "epoch": s / steps_per_epoch, "trace_fisher": f, "train_loss_running": loss}
+            for s, f, loss in triples]  # fmt: skip
+
+
+def test_the_crossing_between_two_measurements_is_interpolated():
+    # loss 2.0 at step 10 and 1.0 at step 20; epsilon 1.2 is 80% of the way: step 18
+    c = crossing(rows((0, 1.0, math.nan), (10, 100.0, 2.0), (20, 200.0, 1.0), (30, 50.0, 0.5)), 1.2)
+    assert c.status == "ok"
+    assert c.trace_fisher_i == pytest.approx(100 + 0.8 * 100)
+    assert c.step == pytest.approx(18.0) and c.epoch == pytest.approx(1.8)
+
+
+def test_the_records_may_come_in_any_order_and_as_a_csv():
+    r = rows((20, 200.0, 1.0), (0, 1.0, math.nan), (10, 100.0, 2.0))
+    from_csv = pd.DataFrame(r).to_dict("records")
+    assert crossing(r, 1.2) == crossing(from_csv, 1.2) == crossing(sorted(r, key=lambda x: x["step"]), 1.2)
+
+
+def test_a_crossing_at_the_first_measurement_takes_that_measurement():
+    c = crossing(rows((0, 1.0, math.nan), (10, 70.0, 1.1), (20, 90.0, 0.9)), 1.2)
+    assert c == (70.0, 10.0, 1.0, "at first measurement")
+
+
+def test_a_run_that_never_crosses_is_recorded_as_not_reached():
+    c = crossing(rows((0, 1.0, math.nan), (10, 70.0, 2.1), (20, 90.0, 1.9)), 1.2)
+    assert c.status == "not reached" and math.isnan(c.trace_fisher_i) and math.isnan(c.step)
+    assert crossing([], 1.2).status == "not reached"
+    assert crossing(rows((10, 70.0, 0.1)), None).status == "not reached"
+
+
+def test_a_diverged_window_never_counts_as_a_crossing():
+    c = crossing(rows((10, 70.0, 2.0), (20, math.nan, math.nan), (30, 90.0, 1.0)), 1.5)
+    assert c.status == "ok" and c.step == pytest.approx(20.0)  # between steps 10 and 30, across the NaN row
+
+
+def test_crossed():
+    assert crossed(rows((10, 1.0, 1.0)), 1.2) and not crossed(rows((10, 1.0, 1.3)), 1.2)
+    assert not crossed(rows((10, 1.0, 1.0)), None)
+
+
+def test_max_trace_fisher_counts_from_the_first_epoch_on():
+    r = rows((0, 1000.0, math.nan), (5, 900.0, 2.0), (10, 30.0, 1.5), (20, 50.0, 1.0), (25, math.nan, math.nan))
+    assert max_trace_fisher(r) == 50.0
+    assert max_trace_fisher(r, from_epoch=0) == 1000.0
+    assert math.isnan(max_trace_fisher(r[:2]))
+
+
+def test_best_epoch_is_the_first_best_validation_epoch():
+    m = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.7}, {"epoch": 3, "val_acc": 0.7}]
+    assert best_epoch(m)["epoch"] == 2
+    nan = [{"epoch": 1, "val_acc": math.nan}, {"epoch": 2, "val_acc": math.nan}]
+    assert best_epoch(nan)["epoch"] == 2 and best_epoch([]) == {}
+
+
+# --------------------------------------------------------------------- in the trainer
+
+
+def small_run(**overrides):
+    from fisherlab import TrainConfig, TrainData, train
+    from fisherlab.data import DeviceData, make_synthetic
+
+    data = TrainData(DeviceData(make_synthetic(320, seed=0, split="train")),
+                     DeviceData(make_synthetic(64, seed=0, split="val")))  # fmt: skip
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=0.05, fisher_examples=32, fisher_every=10, **overrides)
+    return train(cfg, data)
+
+
+def test_the_cadence_is_dense_until_the_crossing_then_sparse():
+    result = small_run(fisher_every_early=2, epsilon=2.0)
+    steps = [r["step"] for r in result.curvature]
+    c = crossing(result.curvature, 2.0)
+    assert c.status == "ok", result.curvature
+    early = [s for s in steps if 0 < s <= c.step + 2]
+    late = [s for s in steps if s > c.step + 2]
+    assert all(s % 2 == 0 for s in early) and len(early) >= 3
+    # after the crossing: every 10 steps, plus the epoch ends (every 10 steps too here)
+    assert late and all(s % 10 == 0 for s in late)
+    assert result.summary["trace_fisher_i"] == pytest.approx(c.trace_fisher_i)
+    assert result.summary["crossing_step"] == pytest.approx(c.step)
+
+
+def test_until_crossing_stops_right_after_the_crossing():
+    full = small_run(fisher_every_early=2, epsilon=2.0)
+    short = small_run(fisher_every_early=2, epsilon=2.0, until="crossing")
+    c = crossing(full.curvature, 2.0)
+    assert short.status == "ok" and short.summary["steps"] < full.summary["steps"]
+    assert short.curvature[-1]["train_loss_running"] < 2.0
+    assert short.summary["steps"] == short.curvature[-1]["step"]
+    assert short.summary["trace_fisher_i"] == pytest.approx(c.trace_fisher_i)  # the same trajectory so far
+
+
+def test_until_crossing_needs_an_epsilon():
+    from fisherlab import TrainConfig
+
+    with pytest.raises(ValueError, match="epsilon"):
+        TrainConfig(until="crossing")
+    with pytest.raises(ValueError, match="until"):
+        TrainConfig(until="never", epsilon=1.0)
