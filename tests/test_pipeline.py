@@ -72,14 +72,13 @@ def test_dry_run_of_the_paper_config():
     regs = sum(len(ns["regularizers"]) for ns in noisy.values())
     expected_train += fractions * (grids + len(noisy) * seeds + regs * (seeds - 1))
     selections += fractions * regs
-    assert counts["train"] == expected_train == 561
+    assert counts["train"] == expected_train
     assert counts["trace_hessian"] == expected_final
-    assert counts["select"] == selections == 52
+    assert counts["select"] == selections
     assert counts["adopt"] == fractions * regs
     assert counts["noisy_labels"] == fractions * seeds
     assert counts["tables"] == counts["tables2"] == counts["fig4"] == counts["all"] == 1
     assert counts["noisy_tables"] == counts["fig5"] == counts["fig11"] == counts["fig12"] == 1
-    assert sum(counts.values()) == 767  # the same DAG as before the run plan
     for target in ("results/table1.csv", "results/table4.csv", "results/table5.csv", "results/table6.csv",
                    "results/fig4.png", "results/table2.csv", "results/table7.csv", "results/table3.csv",
                    "results/table8.csv", "results/table9.csv", "results/fig5.png", "results/fig11.png",

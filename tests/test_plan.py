@@ -68,9 +68,14 @@ def test_the_paper_config_plan_counts_per_family():
         expected["noisy"] += fractions * (seeds + grid + regs * seeds)
     got = Counter(r.family for r in plan.runs.values())
     assert got == expected
-    # the DAG of before the plan: 561 training jobs and 16 adopted runs, 52 selections
-    assert sum(got.values()) == 561 + 16 and len(plan.adopted()) == 16 and len(plan.selections) == 52
-    assert sum(r.hessian for r in plan.runs.values()) == 120
+    noisy_regs = len(PAPER["noisy"]["fractions"]) * sum(len(ns["regularizers"]) for ns in PAPER["noisy"]["settings"].values())
+    assert len(plan.adopted()) == noisy_regs
+    table_settings = [s for s in PAPER["settings"].values() if s["table"] != 0]
+    lr_selections = len(table_settings) + len({ns["base"] for ns in PAPER["noisy"]["settings"].values()} - {
+        n for n, s in PAPER["settings"].items() if s["table"] != 0})  # fmt: skip
+    assert len(plan.selections) == lr_selections + sum(len(s["regularizers"]) for s in table_settings) + noisy_regs
+    assert sum(r.hessian for r in plan.runs.values()) == sum(
+        ((2 if s["table"] == 1 else 1) + len(s["regularizers"])) * seeds for s in table_settings)
 
 
 @pytest.mark.parametrize("overlays", [(), ("configs/demo.yaml",), ("configs/cifar10-subset.yaml",)])
