@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able; Refs as {"ref": name, "scale": s}) for Snakemake's params."""
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: asdict's deep copy is slow
         for k in ("lr", "strength"):
             v = getattr(self, k)
             if isinstance(v, Ref):
