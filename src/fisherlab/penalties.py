@@ -25,11 +25,13 @@ name         penalty                                                            
 ``gpx``      alpha ||d/dx (1/B) sum_i loss(x_i, y_i)||^2 (input gradient)       Sec. 4
 ``gpr``      alpha ||(1/B) sum_i g(x_i, u_i)||^2,  u_i ~ Uniform(labels)        Sec. 4
 ``mixup``    mixup of inputs and labels with lambda ~ Beta(beta, beta)           I.3
+``sam``      gradient at w + rho g/||g|| applied at w (Foret et al. 2021)        -
 ===========  =================================================================  =====
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,6 +285,85 @@ class Mixup(Regularizer):
         self._rng.load(state["rng"])
 
 
+def _batchnorm_running_stats(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
+    """(buffer, saved copy) for every running statistic that a train-mode forward pass
+    would update: running_mean, running_var and num_batches_tracked of each BatchNorm
+    layer in training mode that tracks them."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
+                if buf is not None:
+                    saved.append((buf, buf.detach().clone()))
+    return saved
+
+
+class SharpnessAwareMinimization(Regularizer):
+    """SAM, sharpness-aware minimization (Foret, Kleiner, Mobahi & Neyshabur, "Sharpness-
+    Aware Minimization for Efficiently Improving Generalization", ICLR 2021, Section 2
+    and Algorithm 1, with p = 2): the gradient of the worst-case loss within an L2 ball of
+    radius ``rho`` around the weights, to first order,
+
+        g      = grad L_B(w)                       (mini-batch cross-entropy)
+        e(w)   = rho * g / (||g||_2 + eps)         (||.||_2 over all trainable parameters)
+        g_SAM  = grad L_B(w)|_{w + e(w)}
+
+    (the second-order term through e(w) dropped, as in the paper). ``g_SAM`` is
+    accumulated into ``p.grad`` and the weights are put back to w exactly (copied back,
+    not recomputed as (w + e) - e), so the optimizer steps from w: momentum SGD with
+    weight decay then updates w with g_SAM + wd * w, weight decay taken at w and left out
+    of e, as in the widely used PyTorch loop (the optimizer owns weight decay).
+    ``eps = 1e-12`` guards a zero gradient (then e = 0 and g_SAM = g).
+
+    BatchNorm: both passes run in the model's mode, so in training both normalise with
+    their own batch statistics (the gradient at w + e is taken at the same kind of point
+    as the one at w). Only the first pass, at w, may update the running statistics:
+    running_mean, running_var and num_batches_tracked are saved before the second pass
+    and copied back after it (the reference implementations freeze them in the second
+    pass, e.g. by momentum 0). The running statistics then see one batch per step, at the
+    weights the model actually has, exactly as in plain training.
+
+    Cost: two forward and two backward passes per step (about 2x a plain step), plus
+    one copy of the weights. No randomness: ``seed`` is accepted for the shared interface
+    and unused; the state to resume is empty. ``StepOutput.loss`` and ``logits`` are those
+    at w (the reported training loss is the ordinary one).
+    """
+
+    name = "sam"
+    eps = 1e-12
+
+    def __init__(self, rho: float, start_epoch: int = 0, seed: int = 0):
+        super().__init__(start_epoch, seed)
+        if not (rho >= 0 and math.isfinite(rho)):  # also refuses NaN
+            raise ValueError(f"rho must be finite and >= 0, got {rho}")
+        self.rho = float(rho)
+
+    def _active_backward(self, model, x, y, step) -> StepOutput:
+        params = trainable_parameters(model)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        scale = self.rho / (norm + self.eps)
+        saved_w = [p.detach().clone() for p in params]
+        saved_bn = _batchnorm_running_stats(model)
+        try:
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    p.add_(g * scale)
+            perturbed = F.cross_entropy(model(x), y)
+            grads_sam = torch.autograd.grad(perturbed, params, allow_unused=True)
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, saved_w):
+                    p.copy_(w)
+                for buf, value in saved_bn:
+                    buf.copy_(value)
+        _accumulate(params, grads_sam)
+        return StepOutput(loss.detach(), logits.detach())
+
+
 REGULARIZERS: dict[str, type[Regularizer]] = {
     cls.name: cls
     for cls in (
@@ -293,13 +374,14 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
         InputGradientPenalty,
         RandomLabelGradientPenalty,
         Mixup,
+        SharpnessAwareMinimization,
     )
 }
 
 
 def build_regularizer(name: str, **kwargs) -> Regularizer:
     """Construct a regularizer by its name in :data:`REGULARIZERS`
-    (``none``, ``fp``, ``fp_exact``, ``gp``, ``gpx``, ``gpr``, ``mixup``)."""
+    (``none``, ``fp``, ``fp_exact``, ``gp``, ``gpx``, ``gpr``, ``mixup``, ``sam``)."""
     try:
         cls = REGULARIZERS[name]
     except KeyError:
