@@ -9,10 +9,11 @@ Prints ratios measured side by side in one run (issue "fisherlab core", section 
       plus the cost of one FP recomputation step / one plain step
   P3  images per second of fisherlab.train / a bare 15-line PyTorch loop over the
       same on-device tensors
+  SAM one SAM training step / one plain step (issue 15; not in the default --only)
 
 Usage: python benchmarks/curvature.py [--device cpu|cuda] [--threads 2] [--n 512]
        [--models simple_cnn vgg11 wrn44_3 densenet40_12 ...] [--epoch-images 2560]
-       [--only P1 P2 P3] [--no-references]
+       [--only P1 P2 P3 SAM] [--no-references]
 """
 
 from __future__ import annotations
@@ -195,6 +196,42 @@ def p3(name, device, images):
           f"{bare / ours:.3f}x")  # fmt: skip
 
 
+def sam_step(name, device, batch=128, rho=0.05, repeat=5):
+    """One training step (zero_grad, the regularizer's backward, SGD momentum 0.9 and
+    weight decay 5e-4) with SAM / the same with plain cross-entropy, train mode, a batch
+    of 32x32 inputs. The two are timed alternately after one warm-up step each, and each
+    keeps its minimum, so that a change of machine load hits both alike; on the CPU the
+    ratio of process CPU times is printed too (less sensitive to other processes on a
+    shared machine). Expected about 2x (two forward+backward passes)."""
+    model = build_model(name, CLASSES[name]).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, CLASSES[name], (batch,), device=device)
+    regs = {"plain": build_regularizer("none"), "sam": build_regularizer("sam", rho=rho)}
+
+    def step(reg):
+        opt.zero_grad(set_to_none=True)
+        reg.backward(model, x, y, step=0, epoch=0)
+        opt.step()
+
+    for reg in regs.values():
+        step(reg)
+    wall, cpu = {k: float("inf") for k in regs}, {k: float("inf") for k in regs}
+    for _ in range(repeat):
+        for label, reg in regs.items():
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(reg)
+            sync(device)
+            wall[label] = min(wall[label], time.perf_counter() - t0)
+            cpu[label] = min(cpu[label], time.process_time() - c0)
+    line = (f"SAM {name}: plain step {wall['plain']:.3f} s, SAM step (rho {rho}) {wall['sam']:.3f} s: "
+            f"{wall['sam'] / wall['plain']:.2f}x (batch {batch})")  # fmt: skip
+    if device.type == "cpu":
+        line += f"; CPU time {cpu['plain']:.3f} s vs {cpu['sam']:.3f} s: {cpu['sam'] / cpu['plain']:.2f}x"
+    print(line)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -218,6 +255,8 @@ def main():
             p2(name, device, args.epoch_images)
         if "P3" in args.only:
             p3(name, device, args.epoch_images)
+        if "SAM" in args.only:
+            sam_step(name, device)
     if args.fp_epoch_50k:
         data = synthetic_data(device, 50_000)
         fp = epoch_seconds("simple_cnn", data, "fp", {"alpha": 0.01, "every": 10}, device)
