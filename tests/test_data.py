@@ -399,6 +399,20 @@ def test_batches_with_augmentation_match_augment_batch() -> None:
     assert not torch.equal(x, data.normalise(data.x[order[:16]]))
 
 
+def test_flip_only_augmentation_mirrors_whole_images_and_never_shifts() -> None:
+    data = DeviceData(_tiny(n=40), augment="flip")
+    order = torch.randperm(40, generator=(ref := _generator(3)))
+    x, _ = next(data.batches(40, _generator(3)))
+    plain = data.normalise(data.x[order])
+    mirrored = plain.flip(3)
+    same = (x == plain).flatten(1).all(1)
+    flipped = (x == mirrored).flatten(1).all(1)
+    assert bool((same | flipped).all())  # each image is itself or its mirror: no crop
+    assert 5 < int(flipped.sum()) < 35 and 5 < int(same.sum()) < 35
+    with pytest.raises(ValueError, match="augment"):
+        DeviceData(_tiny(n=4), augment="rotate")
+
+
 def test_batch_and_eval_batches() -> None:
     data = DeviceData(_tiny(n=40), augment=True)
     x, y = data.batch([3, 1])  # no generator: no augmentation

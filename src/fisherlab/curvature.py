@@ -42,8 +42,11 @@ def _generator(gen: GeneratorLike, device: torch.device) -> torch.Generator | No
 
 
 def sample_labels(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """yhat_i ~ p(y|x_i) = softmax(logits_i), with no gradient through the sampling."""
+    """yhat_i ~ p(y|x_i) = softmax(logits_i), with no gradient through the sampling.
+    Raises FloatingPointError when the logits are not finite (a diverged model)."""
     probs = logits.detach().softmax(-1)
+    if not torch.isfinite(probs).all():
+        raise FloatingPointError("non-finite logits: p(y|x) cannot be sampled (the model has diverged)")
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+KEEP_BEST = ("train_acc", "val_acc", "test_acc")  # the accuracies whose best epoch's weights can be kept
+
 
 @dataclass
 class TrainConfig:
@@ -33,10 +35,14 @@ class TrainConfig:
     fisher_every_early: int = 0  # K before the loss first falls below epsilon (0: K); Tr(F_i) (Sec. 3)
     epsilon: float | None = None  # training-loss threshold of Tr(F_i) (Sec. 3; I.1: 1.2 CIFAR-10, 3.5 CIFAR-100)
     until: str = "end"  # "end": train all epochs; "crossing": stop once the loss is below epsilon
+    fisher_resample: bool = False  # draw the N examples afresh at each measurement (Supplement D), else fixed
     fisher_batch_size: int | None = None  # B of Tr(F_B); default: batch_size
     fisher_chunk: int = 128  # examples per Tr(F) pass (memory bound)
     group_examples: int = 512  # per training-set group: examples of the mean gradients (Sec. 4.1)
     bn_update_batches: int = 0  # evaluate with BN statistics from this many training batches (I.2: 100)
+    init_weights: str | None = None  # a state_dict file loaded into the model once built (Sec. 5: phase 2)
+    keep_epochs: list[int] = field(default_factory=list)  # weights kept at these epoch ends (0: init): snapshots/epoch<E>.pt
+    keep_best: str | None = None  # keep the weights of the epoch with the best of this accuracy (Sec. 5: test_acc)
     eval_batch_size: int = 1000
     divergence_check_every: int = 20  # steps between (device-syncing) finiteness checks
     seed: int = 0
@@ -57,6 +63,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.until must be 'end' or 'crossing', got {self.until!r}")
         if self.until == "crossing" and self.epsilon is None:
             raise ValueError("TrainConfig.until='crossing' needs an epsilon")
+        if any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in self.keep_epochs):
+            raise ValueError(f"TrainConfig.keep_epochs must be epochs >= 0, got {self.keep_epochs!r}")
+        if self.keep_best not in (None, *KEEP_BEST):
+            raise ValueError(f"TrainConfig.keep_best must be None or one of {KEEP_BEST}, got {self.keep_best!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

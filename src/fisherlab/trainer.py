@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batchnorm import recalibrated_batchnorm
-from .checkpoint import CheckpointMismatch, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointMismatch, load_checkpoint, save_atomic, save_checkpoint
 from .curvature import eval_mode, trace_fisher, trace_fisher_batch
 from .data import DeviceData
 from .measures import best_epoch, crossed, crossing, max_trace_fisher
@@ -79,6 +79,7 @@ class _State:
     stops: list = field(default_factory=list)  # steps at which a stop request saved the state
     crossed: bool = False  # the running training loss has been below epsilon (derived from curvature)
     checkpoint_events: list = field(default_factory=list)  # unusable checkpoints moved aside (fisherlab.checkpoint)
+    best: dict | None = None  # keep_best: {"epoch", "value", "model"} of the best epoch so far
 
 
 def train(
@@ -87,18 +88,25 @@ def train(
     checkpoint: str | Path | None = None,
     log: Callable[[str], None] = lambda s: None,
     should_stop: Callable[[], bool] | None = None,
+    snapshots: str | Path | None = None,
 ) -> TrainResult:
     """Train one run (see the module docstring); resume from ``checkpoint`` if it exists.
+
+    ``snapshots``: the folder of the weights kept along the way (Section 5, Supplement
+    I.4): ``epoch<E>.pt`` at the end of each epoch E of ``cfg.keep_epochs`` (0: the
+    initial weights), and ``best.pt``, the weights of the epoch with the best
+    ``cfg.keep_best`` accuracy (the first on ties), written when the run ends.
 
     ``should_stop`` is polled after every step (e.g. a :class:`fisherlab.preemption.StopFlag`
     set by SLURM's signal before a time-out): when it returns True, the state, the
     position within the epoch included, is saved to ``checkpoint`` and the run returns
     with status ``preempted``; calling ``train`` again continues exactly there."""
     st = _restore(cfg, data, checkpoint, log)
-    probe = _measurement_set(cfg, data.train)
+    probe = _measurement_set(cfg, data.train)  # step -> the examples Tr(F) is measured on
     samples = _group_samples(cfg, data)
     if not st.curvature:
-        st.curvature.append(_measure(cfg, st, probe, []))
+        st.curvature.append(_measure(cfg, st, probe, [], []))
+        _keep_epoch(cfg, st, snapshots)
     while st.status == "running" and st.epoch < cfg.epochs:
         _set_lr(st.optimizer, multistep_lr(cfg.lr, st.epoch, cfg.milestones, cfg.gamma))
         seconds, losses = _train_epoch(cfg, st, data, probe, should_stop)
@@ -111,9 +119,11 @@ def train(
         if st.status == "running":
             st.metrics.append(_epoch_row(cfg, st, data, seconds, losses, samples))
             log(_format_row(st.metrics[-1]))
+            _track_best(cfg, st)
         st.epoch += 1
         if st.status == "running" and (st.epoch == cfg.epochs or (cfg.until == "crossing" and st.crossed)):
             st.status = "ok"
+        _keep_epoch(cfg, st, snapshots)
         if checkpoint is not None:
             save_checkpoint(_state_dict(cfg, st), checkpoint)
         if st.status == "running" and should_stop is not None and should_stop():
@@ -122,19 +132,42 @@ def train(
                 save_checkpoint(_state_dict(cfg, st), checkpoint)
             log(f"stop requested: state saved after epoch {st.epoch} to {checkpoint}")
             return TrainResult("preempted", st.metrics, st.curvature, summarize(cfg, st), st.model)
+    if snapshots is not None and st.best is not None:
+        save_atomic(st.best["model"], Path(snapshots) / "best.pt")
     return TrainResult(st.status, st.metrics, st.curvature, summarize(cfg, st), st.model)
 
 
-def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor, should_stop=None):
+def _keep_epoch(cfg: TrainConfig, st: _State, snapshots: str | Path | None) -> None:
+    """Save the weights as ``snapshots/epoch<E>.pt`` when E = ``st.epoch`` (completed
+    epochs) is one of ``cfg.keep_epochs``; a diverged model's weights are not kept."""
+    if snapshots is not None and st.epoch in cfg.keep_epochs and st.status != "diverged":
+        save_atomic(st.model.state_dict(), Path(snapshots) / f"epoch{st.epoch}.pt")
+
+
+def _track_best(cfg: TrainConfig, st: _State) -> None:
+    """keep_best: remember (a copy of) the weights when the newest epoch row's accuracy
+    is strictly above the best so far (the first best epoch on ties, as
+    :func:`fisherlab.measures.best_epoch`); non-finite values (not evaluated) never win."""
+    if cfg.keep_best is None:
+        return
+    row = st.metrics[-1]
+    value = row.get(cfg.keep_best, math.nan)
+    if math.isfinite(value) and (st.best is None or value > st.best["value"]):
+        weights = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
+        st.best = {"epoch": row["epoch"], "value": value, "model": weights}
+
+
+def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Callable[[int], Tensor], should_stop=None):
     """One pass over the training set (or the rest of it, after a stop); returns
     (seconds, per-step losses). When ``should_stop()`` turns True it leaves the epoch's
     position in ``st.partial`` and returns early."""
     model, device = st.model.train(), torch.device(cfg.device)
     part = st.partial or {"order": data.train.epoch_order(st.data_rng), "position": 0,
-                          "losses": [], "window": [], "seconds": 0.0}  # fmt: skip
+                          "losses": [], "window": [], "acc_window": [], "seconds": 0.0}  # fmt: skip
     st.partial = None
     as_tensors = lambda xs: [torch.tensor(v, device=device) for v in xs]  # noqa: E731
     losses, window, measure_s = as_tensors(part["losses"]), as_tensors(part["window"]), 0.0
+    acc_window = as_tensors(part.get("acc_window", []))  # mini-batch accuracies since the last measurement
     _sync(device)
     start = time.perf_counter()
     batches = data.train.batches(cfg.batch_size, st.data_rng, order=part["order"], start=part["position"])
@@ -149,22 +182,24 @@ def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor, s
         st.step += 1
         losses.append(out.loss)
         window.append(out.loss)
+        acc_window.append((out.logits.argmax(1) == y).float().mean())
         if st.step % cfg.divergence_check_every == 0 and _diverged(st, losses):
             break
         every = cfg.fisher_every_early if cfg.fisher_every_early and not st.crossed else cfg.fisher_every
         if every and st.step % every == 0:
             if _diverged(st, losses):
                 break
-            measure_s += _timed(device, lambda: _measure_into(cfg, st, probe, window))
+            measure_s += _timed(device, lambda: _measure_into(cfg, st, probe, window, acc_window))
             if st.status == "diverged":
                 break
-            window = []
+            window, acc_window = [], []
             st.crossed = st.crossed or crossed(st.curvature[-1:], cfg.epsilon)
             if st.crossed and cfg.until == "crossing":
                 break
         if should_stop is not None and should_stop() and position * cfg.batch_size < len(data.train):
             st.partial = {"order": part["order"], "position": position, "losses": [v.item() for v in losses],
-                          "window": [v.item() for v in window], "seconds": part["seconds"]}  # fmt: skip
+                          "window": [v.item() for v in window], "acc_window": [v.item() for v in acc_window],
+                          "seconds": part["seconds"]}  # fmt: skip
             break
     _sync(device)
     seconds = time.perf_counter() - start - measure_s + part["seconds"]
@@ -172,7 +207,7 @@ def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Tensor, s
         st.partial["seconds"] = seconds
         return seconds, losses
     if not _diverged(st, losses) and st.curvature[-1]["step"] != st.step:
-        _measure_into(cfg, st, probe, window)
+        _measure_into(cfg, st, probe, window, acc_window)
     return seconds, losses
 
 
@@ -191,36 +226,44 @@ def _diverge(st: _State, message: str) -> None:
     st.status, st.message = "diverged", message
 
 
-def _measure_into(cfg: TrainConfig, st: _State, probe: Tensor, window: list[Tensor]) -> None:
+def _measure_into(cfg: TrainConfig, st: _State, probe, window: list[Tensor], acc_window: list[Tensor]) -> None:
     """Append a measurement to ``st.curvature``; a model whose outputs are no longer
     finite (its parameters may still be) has diverged."""
     try:
-        st.curvature.append(_measure(cfg, st, probe, window))
+        st.curvature.append(_measure(cfg, st, probe, window, acc_window))
     except FloatingPointError as e:
         _diverge(st, f"{e}, when measuring Tr(F) at step {st.step} (epoch {st.epoch + 1})")
 
 
-def _measure(cfg: TrainConfig, st: _State, probe: Tensor, window: list[Tensor]) -> dict:
-    """Tr(F) (Eq. 2) and Tr(F_B) (Supplement C) on the fixed examples; labels are drawn
-    from a generator seeded by (seed, step), never from the training RNG."""
+def _measure(cfg: TrainConfig, st: _State, probe, window: list[Tensor], acc_window: list[Tensor]) -> dict:
+    """Tr(F) (Eq. 2) and Tr(F_B) (Supplement C) on the measurement examples; labels are
+    drawn from a generator seeded by (seed, step), never from the training RNG. With the
+    mean training loss and mini-batch accuracy since the previous measurement."""
     seed = cfg.seed * 1_000_003 + st.step
+    x = probe(st.step)
     return {
         "step": st.step,
         "epoch": st.step / st.steps_per_epoch,
-        "trace_fisher": trace_fisher(st.model, probe, generator=seed, chunk_size=cfg.fisher_chunk),
+        "trace_fisher": trace_fisher(st.model, x, generator=seed, chunk_size=cfg.fisher_chunk),
         "trace_fisher_batch": trace_fisher_batch(
-            st.model, probe, batch_size=cfg.fisher_batch_size or cfg.batch_size, generator=seed
+            st.model, x, batch_size=cfg.fisher_batch_size or cfg.batch_size, generator=seed
         ),
         "train_loss_running": torch.stack(window).mean().item() if window else float("nan"),
+        "train_acc_running": torch.stack(acc_window).mean().item() if acc_window else float("nan"),
     }
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _fresh(cfg: TrainConfig, data: TrainData) -> _State:
+def _fresh(cfg: TrainConfig, data: TrainData, init: bool = True) -> _State:
+    """A new run's state. With ``cfg.init_weights`` (and ``init``) the model starts from
+    that state_dict instead of its seeded initialisation (Section 5's phase 2); the data
+    order, the regularizer's and the measurements' randomness still follow ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=data.train.num_classes, **cfg.model_kwargs)
+    if init and cfg.init_weights is not None:
+        model.load_state_dict(torch.load(cfg.init_weights, map_location="cpu", weights_only=True))
     model = model.to(cfg.device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -243,6 +286,7 @@ def _state_dict(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "partial": st.partial,
         "stops": st.stops,
         "checkpoint_events": st.checkpoint_events,
+        "best": st.best,
     }
 
 
@@ -271,7 +315,7 @@ def _restore_state(cfg: TrainConfig, data: TrainData, ckpt: dict) -> _State:
     changed += sorted(k for k in ckpt["config"] if k not in now)
     if changed:
         raise CheckpointMismatch(f"belongs to another configuration (differs in {changed})")
-    st = _fresh(cfg, data)
+    st = _fresh(cfg, data, init=False)  # the checkpoint's weights replace any initial ones
     st.model.load_state_dict(ckpt["model"])
     st.optimizer.load_state_dict(ckpt["optimizer"])
     st.regularizer.load_state_dict(ckpt["regularizer"])
@@ -282,16 +326,26 @@ def _restore_state(cfg: TrainConfig, data: TrainData, ckpt: dict) -> _State:
     st.crossed = crossed(st.curvature, cfg.epsilon)
     st.partial, st.stops = ckpt.get("partial"), ckpt.get("stops", [])
     st.checkpoint_events = ckpt.get("checkpoint_events", [])
+    st.best = ckpt.get("best")
     if st.partial is not None:
         st.partial["order"] = st.partial["order"].to(cfg.device)
     return st
 
 
-def _measurement_set(cfg: TrainConfig, train: DeviceData) -> Tensor:
-    """N training examples fixed by the seed, normalised, never augmented."""
+def _measurement_set(cfg: TrainConfig, train: DeviceData) -> Callable[[int], Tensor]:
+    """step -> the N training examples Tr(F) is measured on, normalised, never augmented:
+    fixed by the seed, or with ``fisher_resample`` drawn afresh at each measurement
+    (seeded by the step; Supplement D measures Tr(F) at every iteration on 128 random
+    examples)."""
     n = min(cfg.fisher_examples, len(train))
-    idx = np.sort(np.random.default_rng(cfg.seed + 3).choice(len(train), n, replace=False))
-    return train.batch(idx)[0]
+
+    def draw(seed: int) -> Tensor:
+        return train.batch(np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False)))[0]
+
+    if cfg.fisher_resample:
+        return lambda step: draw([cfg.seed + 3, step])
+    fixed = draw(cfg.seed + 3)
+    return lambda step: fixed
 
 
 def _group_samples(cfg: TrainConfig, data: TrainData) -> dict[str, tuple[Tensor, Tensor]]:
@@ -354,7 +408,11 @@ def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "best_epoch": best.get("epoch"),
         "best_val_acc": best.get("val_acc", math.nan),
         "test_acc_at_best_val": best.get("test_acc", math.nan),
+        "best_test_acc": best_epoch(st.metrics, "test_acc").get("test_acc", math.nan),  # max along the path (Figs. 2, 7)
+        "best_train_acc": best_epoch(st.metrics, "train_acc").get("train_acc", math.nan),  # (Figs. 8, 9)
         "max_trace_fisher": max_trace_fisher(st.curvature),
+        "kept_best_epoch": st.best["epoch"] if st.best else None,  # keep_best: the epoch of snapshots/best.pt
+        "kept_best_value": st.best["value"] if st.best else math.nan,  # and its keep_best accuracy
         "epsilon": cfg.epsilon,
         "trace_fisher_i": fisher_i.trace_fisher_i,  # Tr(F_i), Section 3 (fisherlab.measures)
         "trace_fisher_i_status": fisher_i.status,

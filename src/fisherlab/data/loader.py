@@ -72,8 +72,10 @@ class DeviceData:
 
     Batches come out normalised, float32 NCHW: ``(x / 255 - mean) / std`` per channel,
     with ``mean``/``std`` defaulting to :func:`channel_stats` of ``ds``. With
-    ``augment=True``, training batches get the paper's standard augmentation
-    (:func:`augment_batch` with ``pad``). Every generator passed in must be on ``device``.
+    ``augment=True`` (or ``"crop_flip"``), training batches get the paper's standard
+    augmentation (:func:`augment_batch` with ``pad``); with ``augment="flip"``, random
+    horizontal flips only (Supplement I.1: "We used random flipping as data augmentation"
+    for the CIFAR-10 runs of Section 3). Every generator passed in must be on ``device``.
     """
 
     def __init__(
@@ -82,15 +84,17 @@ class DeviceData:
         device: str | torch.device = "cpu",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
-        augment: bool = False,
+        augment: bool | str = False,
         pad: int = 4,
     ) -> None:
+        if augment not in (False, True, "flip", "crop_flip"):
+            raise ValueError(f"augment must be False, True, 'crop_flip' or 'flip', got {augment!r}")
         self.device = torch.device(device)
         self.x = torch.tensor(ds.x, device=self.device)
         self.y = torch.tensor(ds.y, device=self.device)
         self.num_classes = ds.num_classes
-        self.augment = augment
-        self.pad = pad
+        self.augment = bool(augment)
+        self.pad = 0 if augment == "flip" else pad  # no padding: the crop is the identity
         if mean is None or std is None:
             stats = channel_stats(ds)
             mean = stats[0] if mean is None else mean
