@@ -1,0 +1,291 @@
+"""Section 3's early phase: Tr(F_i) against the final generalization, across learning
+rates and batch sizes (results/early_phase.csv, Figs. 1, 2, 7, 8, 9, 15, 18, 19).
+
+The inputs are the sweep runs' summaries (a frame of
+:func:`~fisherlab.report.load_summaries`: ``sweep``, ``axis``, ``value``, ``seed``,
+``status``, ``trace_fisher_i``, ``best_test_acc``, ``best_train_acc``,
+``crossing_epoch``) and, for the curves, their metrics and curvature frames.
+
+Correlations are computed over runs (each run's Tr(F_i) against its own best test
+accuracy), so that the spread over seeds counts, not just the means of the sweep's few
+points; their 95% interval is a percentile bootstrap that resamples the seeds within
+each point of the sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import write_text_atomic
+from .figures import _plotting, _save_png
+
+__all__ = ["kendall", "spearman", "bootstrap_ci", "early_phase_points", "early_phase_table", "early_phase_markdown",
+           "fig_tr_fi", "fig1", "fig15", "fig_per_iteration"]  # fmt: skip
+
+AXIS_NAMES = {"lr": "learning rate", "batch_size": "batch size"}
+_OK = "ok"
+
+
+# --------------------------------------------------------------- rank correlations
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based), ties sharing the mean of their positions."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), float)
+    sorted_x = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's ρ: Pearson's correlation of the average ranks. NaN for fewer than 2
+    pairs or a constant variable."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2:
+        return math.nan
+    rx, ry = _ranks(x) - (len(x) + 1) / 2, _ranks(y) - (len(y) + 1) / 2
+    denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
+    return float((rx * ry).sum() / denom) if denom > 0 else math.nan
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's τ_b = (C - D) / sqrt((n0 - n1)(n0 - n2)) over all pairs, with ties in x
+    (n1) and in y (n2) left out of the denominator's counts. NaN for fewer than 2 pairs
+    or a constant variable."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 2:
+        return math.nan
+    i, j = np.triu_indices(len(x), 1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    denom = math.sqrt(float(np.count_nonzero(dx)) * float(np.count_nonzero(dy)))
+    return float((dx * dy).sum() / denom) if denom > 0 else math.nan
+
+
+def bootstrap_ci(
+    groups: Sequence[tuple[np.ndarray, np.ndarray]], stat, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(x, y)`` over runs pooled from ``groups``
+    (one (x, y) pair of arrays per sweep point), resampling the runs of each point with
+    replacement: the seeds are the unit of replication. NaN when no resample is finite."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        xs, ys = [], []
+        for gx, gy in groups:
+            pick = rng.integers(0, len(gx), len(gx))
+            xs.append(gx[pick])
+            ys.append(gy[pick])
+        values.append(stat(np.concatenate(xs), np.concatenate(ys)))
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return math.nan, math.nan
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------- the table
+
+
+def _sem(v: np.ndarray) -> float:
+    return float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+
+
+def early_phase_points(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (sweep, axis value): the runs, the ok runs, how many reached ε, and
+    the mean and standard error over seeds of Tr(F_i), the crossing epoch, and the best
+    test and training accuracy (%) along the path. Runs that diverged or never reached
+    ε are counted, and left out of the Tr(F_i) statistics."""
+    needed = ("sweep", "axis", "value", "status", "trace_fisher_i", "best_test_acc", "best_train_acc", "crossing_epoch")
+    missing = [c for c in needed if c not in runs.columns]
+    if missing:
+        raise ValueError(f"early_phase_points: no {missing} column(s)")
+    rows = []
+    for (sweep, value), g in runs.groupby(["sweep", "value"], sort=False):
+        ok = g[g["status"] == _OK]
+        reached = ok[pd.to_numeric(ok["trace_fisher_i"], errors="coerce").notna()]
+        row: dict[str, Any] = {"sweep": sweep, "setting": g["setting"].iloc[0] if "setting" in g else "",
+                               "axis": g["axis"].iloc[0], "value": float(value), "runs": len(g), "ok": len(ok),
+                               "reached": len(reached)}  # fmt: skip
+        for col, src, scale in (("trace_fisher_i", reached, 1.0), ("crossing_epoch", reached, 1.0),
+                                ("best_test_acc", ok, 100.0), ("best_train_acc", ok, 100.0)):  # fmt: skip
+            v = pd.to_numeric(src[col], errors="coerce").dropna().to_numpy(float) * scale
+            row[col] = float(v.mean()) if len(v) else math.nan
+            row[f"{col}_sem"] = _sem(v)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["sweep", "value"], kind="stable").reset_index(drop=True)
+
+
+def early_phase_table(runs: pd.DataFrame, *, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """:func:`early_phase_points`, plus per sweep (repeated on its rows) the Spearman and
+    Kendall correlations of Tr(F_i) with the best test accuracy over its runs, with 95%
+    bootstrap intervals over seeds (``spearman_lo``, ``spearman_hi``, ...)."""
+    points = early_phase_points(runs)
+    stats = {}
+    for sweep, g in runs.groupby("sweep", sort=False):
+        g = g[(g["status"] == _OK)]
+        g = g[pd.to_numeric(g["trace_fisher_i"], errors="coerce").notna() & g["best_test_acc"].notna()]
+        groups = [(p["trace_fisher_i"].to_numpy(float), p["best_test_acc"].to_numpy(float))
+                  for _, p in g.groupby("value")]  # fmt: skip
+        x, y = g["trace_fisher_i"].to_numpy(float), g["best_test_acc"].to_numpy(float)
+        entry = {"n_pairs": len(g)}
+        for name, fn in (("spearman", spearman), ("kendall", kendall)):
+            entry[name] = fn(x, y)
+            entry[f"{name}_lo"], entry[f"{name}_hi"] = bootstrap_ci(groups, fn, bootstrap, seed) if len(g) else (math.nan,) * 2
+        stats[sweep] = entry
+    extra = pd.DataFrame([stats[s] for s in points["sweep"]], index=points.index)
+    return pd.concat([points, extra], axis=1)
+
+
+def _pm(mean: float, sem: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if not math.isfinite(sem) else f"{mean:.{digits}f} ± {sem:.{digits}f}"
+
+
+def early_phase_markdown(table: pd.DataFrame) -> str:
+    """Two Markdown tables: the sweep points (mean ± s.e.m. over seeds), then each sweep's
+    rank correlations of Tr(F_i) with the best test accuracy."""
+    lines = ["| Sweep | Axis | Value | Runs (ok / reached ε) | Tr(F_i) | Crossing epoch | Best test acc. (%) | Best train acc. (%) |",
+             "| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for _, r in table.iterrows():
+        lines.append(f"| {r['sweep']} | {AXIS_NAMES.get(r['axis'], r['axis'])} | {r['value']:g} | "
+                     f"{r['runs']} ({r['ok']} / {r['reached']}) | {_pm(r['trace_fisher_i'], r['trace_fisher_i_sem'], 1)} | "
+                     f"{_pm(r['crossing_epoch'], r['crossing_epoch_sem'], 2)} | "
+                     f"{_pm(r['best_test_acc'], r['best_test_acc_sem'], 2)} | "
+                     f"{_pm(r['best_train_acc'], r['best_train_acc_sem'], 2)} |")  # fmt: skip
+    lines += ["", "| Sweep | Runs | Spearman ρ (95% CI) | Kendall τ (95% CI) |", "| :--- | ---: | ---: | ---: |"]
+    for _, r in table.drop_duplicates("sweep").iterrows():
+        cell = lambda n: (f"{r[n]:.2f} ({r[n + '_lo']:.2f}, {r[n + '_hi']:.2f})"  # noqa: E731
+                          if math.isfinite(r[n]) else "–")  # fmt: skip
+        lines.append(f"| {r['sweep']} | {r['n_pairs']} | {cell('spearman')} | {cell('kendall')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_early_phase(table: pd.DataFrame, csv_path: str | os.PathLike, md_path: str | os.PathLike) -> None:
+    write_text_atomic(csv_path, table.to_csv(index=False))
+    write_text_atomic(md_path, early_phase_markdown(table))
+
+
+# ------------------------------------------------------------------------- figures
+
+
+def fig_tr_fi(table: pd.DataFrame, sweeps: Sequence[str], metric: str, path: str | os.PathLike,
+              *, titles: Mapping[str, str] | None = None, dpi: int = 120) -> None:  # fmt: skip
+    """Figs. 2 and 7 (``metric="best_test_acc"``), 8 and 9 (``"best_train_acc"``): per
+    sweep (a panel), Tr(F_i) against the best accuracy along the path, one point per
+    axis value with the standard errors over seeds as error bars, labelled by its value;
+    the panel's title gives Spearman's ρ over the runs."""
+    if not sweeps:
+        raise ValueError("fig_tr_fi: no sweeps to draw")
+    _, Figure, Canvas = _plotting()
+    fig = Figure(figsize=(4.6 * len(sweeps), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(sweeps), squeeze=False)[0]
+    label = {"best_test_acc": "Best test accuracy (%)", "best_train_acc": "Best training accuracy (%)"}[metric]
+    for ax, sweep in zip(axes, sweeps):
+        t = table[table["sweep"] == sweep]
+        if t.empty:
+            raise ValueError(f"fig_tr_fi: no runs of sweep {sweep!r}")
+        colors = _value_colors(t["value"].tolist())
+        for (_, r), color in zip(t.iterrows(), colors):
+            ax.errorbar(r["trace_fisher_i"], r[metric], xerr=_nan0(r["trace_fisher_i_sem"]),
+                        yerr=_nan0(r[f"{metric}_sem"]), fmt="o", color=color, capsize=3,
+                        label=f"{'lr' if r['axis'] == 'lr' else 'batch'} {r['value']:g}")  # fmt: skip
+        rho = t["spearman"].iloc[0] if "spearman" in t and metric == "best_test_acc" else math.nan
+        title = (titles or {}).get(sweep, sweep) + (f"\nSpearman ρ = {rho:.2f}" if math.isfinite(rho) else "")
+        ax.set(xlabel="Tr(F_i)", ylabel=label, title=title)
+        ax.legend(fontsize="small")
+    _save_png(fig, Canvas, path, dpi)
+
+
+def _nan0(x: float) -> float:
+    return 0.0 if not math.isfinite(x) else x
+
+
+def _value_colors(values: Sequence[float]) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    if len(values) == 1:
+        return [cmap(0.5)]
+    lo, hi = math.log(min(values)), math.log(max(values))
+    return [cmap(0.9 * (math.log(v) - lo) / (hi - lo)) for v in values]
+
+
+_Curves = Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]  # label -> (metrics, curvature)
+
+
+def fig1(runs: _Curves, title: str, path: str | os.PathLike, *, dpi: int = 120) -> None:
+    """Fig. 1: for each run (η* and the small lr), training and validation accuracy (%)
+    and Tr(F) against epoch."""
+    if not runs:
+        raise ValueError("fig1: no runs to draw")
+    _, Figure, Canvas = _plotting()
+    fig = Figure(figsize=(14, 3.8), layout="constrained")
+    ax_tr, ax_val, ax_f = fig.subplots(1, 3)
+    for label, (metrics, curvature) in runs.items():
+        m = metrics.sort_values("epoch")
+        train_col = "train_acc" if "train_acc" in m else next(c for c in m.columns if c.startswith("train_acc"))
+        ax_tr.plot(m["epoch"], 100 * m[train_col], label=label)
+        ax_val.plot(m["epoch"], 100 * m["val_acc"], label=label)
+        c = curvature.sort_values("step")
+        ax_f.plot(c["epoch"], c["trace_fisher"], label=label)
+    ax_tr.set(xlabel="Epoch", ylabel="Training accuracy (%)", title=f"{title}: training accuracy")
+    ax_val.set(xlabel="Epoch", ylabel="Validation accuracy (%)", title="validation accuracy")
+    ax_f.set(xlabel="Epoch", ylabel="Tr(F)", title="Tr(F)")
+    ax_f.legend(fontsize="small")
+    _save_png(fig, Canvas, path, dpi)
+
+
+def fig15(runs: _Curves, title: str, path: str | os.PathLike, *, dpi: int = 120) -> None:
+    """Fig. 15: Tr(F) (left) and Tr(F_B) (right, the mini-batch Fisher of Supplement C)
+    against epoch, one line per learning rate, on a log scale."""
+    if not runs:
+        raise ValueError("fig15: no runs to draw")
+    _, Figure, Canvas = _plotting()
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax_f, ax_b = fig.subplots(1, 2)
+    colors = _value_colors([float(k.split()[-1]) for k in runs])
+    for (label, (_, curvature)), color in zip(runs.items(), colors):
+        c = curvature.sort_values("step")
+        ax_f.plot(c["epoch"], c["trace_fisher"], color=color, label=label)
+        ax_b.plot(c["epoch"], c["trace_fisher_batch"], color=color, label=label)
+    ax_f.set(xlabel="Epoch", ylabel="Tr(F)", yscale="log", title=f"{title}: Tr(F)")
+    ax_b.set(xlabel="Epoch", ylabel="Tr(F_B)", yscale="log", title="Tr(F_B)")
+    ax_f.legend(fontsize="small")
+    _save_png(fig, Canvas, path, dpi)
+
+
+def fig_per_iteration(runs: _Curves, title: str, path: str | os.PathLike, *, smooth: int = 20,
+                      dpi: int = 120) -> None:  # fmt: skip
+    """Figs. 18 and 19 (Supplements D, E): Tr(F) at every iteration, on examples drawn
+    afresh each time (left), and the mini-batch training accuracy (right, a centred
+    rolling mean over ``smooth`` iterations), one line per lr or batch size."""
+    if not runs:
+        raise ValueError("fig_per_iteration: no runs to draw")
+    _, Figure, Canvas = _plotting()
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax_f, ax_a = fig.subplots(1, 2)
+    colors = _value_colors([float(k.split()[-1]) for k in runs])
+    for (label, (_, curvature)), color in zip(runs.items(), colors):
+        c = curvature.sort_values("step")
+        ax_f.plot(c["step"], c["trace_fisher"], color=color, label=label, linewidth=0.8)
+        acc = 100 * c["train_acc_running"].rolling(smooth, center=True, min_periods=1).mean()
+        ax_a.plot(c["step"], acc, color=color, label=label)
+    ax_f.set(xlabel="Iteration", ylabel="Tr(F)", title=f"{title}: Tr(F) at every iteration")
+    ax_a.set(xlabel="Iteration", ylabel="Mini-batch training accuracy (%)", title="training accuracy (smoothed)")
+    ax_f.legend(fontsize="small")
+    _save_png(fig, Canvas, path, dpi)
