@@ -1,13 +1,18 @@
 """The pipeline through a real SLURM cluster (tests/slurm_cluster.py): the demo's
 results/table3.csv with `snakemake --profile slurm` from the repo root, as a user types
-it, equals the local run; and a training job whose time limit runs out gets SIGUSR1,
-saves its state, and is resumed by the retry to the same metrics."""
+it, equals the local run; a training job whose time limit runs out gets SIGUSR1,
+saves its state, and is resumed by the retry to the same metrics; and a training job
+whose node is lost (all its processes SIGKILLed) is resumed by the retry from its last
+checkpoint to the same metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,9 +20,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from test_faults import RUN, same_run
 from test_pipeline import REPO, SNAKEMAKE, copy_workflow
+
+from fisherlab.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -80,3 +86,86 @@ def test_a_job_at_its_time_limit_saves_its_state_and_the_retry_resumes_it(slurm_
     print(f"\n{seconds:.0f} s; stopped and resumed at steps {summary['stopped_at_steps']}")
     assert summary["status"] == "ok" and summary["stopped_at_steps"], summary
     same_run(remote / RUN, local / RUN, curvature_rtol=1e-5)
+
+
+def _running_job_processes(slurm_cluster) -> dict[str, list[int]]:
+    """Job id -> every process below that running job's slurmstepds (batch script, the
+    job step's Snakemake, srun, the training script), found through /proc."""
+    jobs = slurm_cluster.run("squeue", "-h", "-t", "R", "-o", "%i").stdout.split()
+    parent, stepd = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, fields = int(stat.parent.name), stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        parent[pid] = int(fields[1])
+        for job in jobs:
+            if cmdline.startswith(f"slurmstepd: [{job}."):
+                stepd[pid] = job
+    found = {job: [] for job in jobs}
+    for pid, p in parent.items():
+        while p > 1 and p not in stepd:
+            p = parent.get(p, 0)
+        if p in stepd:
+            found[stepd[p]].append(pid)
+    return found
+
+
+def test_a_lost_node_kills_a_training_job_and_the_retry_resumes_from_its_checkpoint(
+    slurm_cluster, tmp_path, local_demo
+):
+    """The node of a training job is lost: every process of the job dies at once by
+    SIGKILL (no signal it could catch, no state saved), after the run's first checkpoint.
+    SLURM marks the job failed, the profile's retry resubmits it, and the run resumes from
+    its last checkpoint (its log shows epoch 1 once) to the metrics of the local run."""
+    # one training run of the demo, chosen from the local run's outputs (the pipeline's paths
+    # are not spelled out here): a noisy baseline (fixed lr, no selection to wait for)
+    runs = sorted(p.parent.relative_to(local_demo) for p in local_demo.glob("results/runs/**/summary.json")
+                  if (p.parent / "train.log").exists())  # fmt: skip
+    run = next((r for r in runs if "baseline" in r.parts and any("noise" in part for part in r.parts)), runs[0])
+    slurm_workflow(tmp_path)
+    env = {**os.environ, "SBATCH_ACCOUNT": slurm_cluster.account}
+    t0 = time.perf_counter()
+    log_path = tmp_path / "snakemake.out"
+    with open(log_path, "w") as out:  # the target before --configfile, which takes several values
+        proc = subprocess.Popen([SNAKEMAKE, "--profile", "slurm", *FAST_POLLING, str(run / "summary.json"),
+                                 "--configfile", "configs/demo.yaml"], cwd=tmp_path, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 600
+        while not (ckpts := list((tmp_path / "results").rglob("checkpoint.pt"))):  # after the first epoch
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-5000:]
+            time.sleep(0.2)
+        victims = {job: pids for job, pids in _running_job_processes(slurm_cluster).items() if pids}
+        assert victims, "no running training job to kill"
+        for pids in victims.values():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        killed_at = time.perf_counter() - t0
+        # what the dead job left: its log so far, and its checkpoint (a copy: loading tidies up)
+        first_log = (tmp_path / run / "train.log").read_text()
+        left = shutil.copytree(ckpts[0].parent, tmp_path / "left_by_the_killed_job")
+        saved_epoch = load_checkpoint(left / "checkpoint.pt").value["progress"]["epoch"]
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, log_path.read_text()[-5000:]
+    states = dict(line.split("|") for line in slurm_cluster.run(
+        "sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(victims)).stdout.split())  # fmt: skip
+    print(f"\nkilled jobs {sorted(victims)} ({sum(map(len, victims.values()))} processes) {killed_at:.0f} s in, "
+          f"checkpoint at epoch {saved_epoch}; their states {states}; {seconds:.0f} s in all")  # fmt: skip
+    assert all(s in ("FAILED", "NODE_FAIL") for s in states.values()), states
+    summary = json.loads((tmp_path / run / "summary.json").read_text())
+    # resumed, not restarted: the retry's log (after the killed attempt's, if Snakemake kept
+    # that) starts at the epoch after the checkpoint's
+    log = (tmp_path / run / "train.log").read_text()
+    retry_log = log.removeprefix(first_log)
+    epochs = [int(m) for m in re.findall(r"^epoch\s+(\d+) ", retry_log, flags=re.MULTILINE)]
+    assert saved_epoch >= 1 and epochs == list(range(saved_epoch + 1, summary["epochs_completed"] + 1)), log
+    assert summary["status"] == "ok" and summary["checkpoint_events"] == [], summary
+    same_run(tmp_path / run, local_demo / run, curvature_rtol=1e-5)
