@@ -136,13 +136,6 @@ def test_finished_run_is_not_retrained(tmp_path, data):
     assert again.metrics == first.metrics and again.status == "ok"
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path, data):
-    ckpt = tmp_path / "c.pt"
-    train(config(epochs=1), data, checkpoint=ckpt)
-    with pytest.raises(ValueError, match="lr"):
-        train(config(epochs=1, lr=0.1), data, checkpoint=ckpt)
-
-
 def test_absurd_lr_gives_status_diverged(tmp_path, data):
     ckpt = tmp_path / "c.pt"
     result = train(config(lr=1e5, regularizer="none", regularizer_kwargs={}), data, checkpoint=ckpt)
