@@ -66,7 +66,7 @@ def test_the_paper_config_plan_counts_per_family():
         regs = len(ns["regularizers"])
         grid = sum(len(g) for g in ns["regularizers"].values())
         expected["noisy"] += fractions * (seeds + grid + regs * seeds)
-    got = Counter(r.family for r in plan.runs.values())
+    got = Counter(r.family for r in plan.runs.values() if r.family in expected)  # the others: their own tests
     assert got == expected
     noisy_regs = len(PAPER["noisy"]["fractions"]) * sum(len(ns["regularizers"]) for ns in PAPER["noisy"]["settings"].values())
     assert len(plan.adopted()) == noisy_regs
@@ -174,7 +174,8 @@ def test_noisy_runs_resolve_over_their_base():
 
 def test_the_demo_plan():
     plan = build_plan(load("configs/demo.yaml"))
-    assert Counter(r.family for r in plan.runs.values()) == {"lr_search": 2, "fisher_penalty": 6, "noisy": 10}
+    assert Counter(r.family for r in plan.runs.values()) == {"lr_search": 2, "fisher_penalty": 6, "noisy": 10,
+                                                            "sweeps": 8}  # fmt: skip
     assert {r.fields["setting"] for r in plan.runs.values()} == {"demo_synthetic", "demo_noisy"}
     for r in plan.runs.values():
         assert r.inputs["train"] == "results/data/synthetic/train.npz"
@@ -208,9 +209,19 @@ def test_inconsistent_configs_are_plan_errors(edit, message):
 
 
 def test_every_family_is_registered_and_runs_on_the_paper_config():
-    assert {"fisher_penalty", "noisy"} <= set(FAMILIES)
-    for name in FAMILIES:
-        build_plan(PAPER, families=[name])
+    assert {"fisher_penalty", "noisy", "sweeps"} <= set(FAMILIES)
+    families = Counter(r.family for r in build_plan(PAPER).runs.values())
+    assert set(FAMILIES) <= set(families)  # each contributes runs
+    for name in ("fisher_penalty", "noisy", "sweeps"):  # self-contained: they make their own selections
+        assert build_plan(PAPER, families=[name]).runs
+    cfg = copy.deepcopy(PAPER)  # a run that reads a selection no family makes is refused
+    build_plan(cfg)
+    plan = build_plan(cfg, families=["fisher_penalty"])
+    del plan.selections["simplecnn_c10/lr_star"]
+    with pytest.raises(PlanError, match="no selection of the plan"):
+        from fisherlab.plan import _check_inputs
+
+        _check_inputs(plan)
 
 
 def test_read_selection_names_the_file_and_what_is_wrong(tmp_path):
@@ -270,3 +281,19 @@ def test_the_schema_defaults_are_the_librarys():
     hessian = schema_defaults(["properties", "hessian"])
     params = inspect.signature(trace_hessian).parameters
     assert hessian["queries"] == params["num_probes"].default and hessian["probes"] == params["distribution"].default
+
+
+def test_one_config_line_adds_sam_to_tables_1_and_3():
+    plain, sam = build_plan(PAPER), build_plan(load({"sam": {"enabled": True}}))
+    assert not [r for r in plain.runs.values() if r.regularizer == "sam"]
+    table1 = [n for n, s in PAPER["settings"].items() if s["table"] == 1]
+    finals = sam.select("fisher_penalty", role="sam")
+    assert {r.fields["setting"] for r in finals} == set(table1) and len(finals) == len(table1) * len(PAPER["seeds"])
+    grid = sam.selection("simplecnn_c10/sam/rho_star")
+    assert [sam.run(c).strength for c in grid.candidates] == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+    cfg, fields = sam.run("simplecnn_c10/final/sam/seed0").resolve(fake_reader({"lr": 0.1, "rho": 0.05}))
+    assert (cfg.regularizer, cfg.regularizer_kwargs, fields["rho"]) == ("sam", {"rho": 0.05}, 0.05)
+    assert cfg.lr == pytest.approx(0.01)  # the small lr, like the penalties
+    noisy = sam.select("noisy", role="sam", stage="grid")
+    assert len(noisy) == 6 * len(PAPER["noisy"]["fractions"]) * len(PAPER["noisy"]["settings"])
+    assert sam.run("vgg11_c100_noisy/noise0.5/sam/selected/seed0").adopt == "choice"

@@ -86,3 +86,17 @@ def test_choose_falls_back_to_the_smallest_value_when_every_run_diverged():
     assert value == 0.01 and source.startswith("fallback")
     with pytest.raises(report.NoFinishedRun):
         report.select(df, "alpha")
+
+
+def test_a_sam_column_appears_when_sam_ran_with_its_rho():
+    df = runs()
+    sam = df[df["role"] == "fp"].assign(role="sam", regularizer="sam", alpha=None, rho=0.05,
+                                         test_acc_at_best_val=0.65)  # fmt: skip
+    t = report.table3(pd.concat([df, sam], ignore_index=True))
+    assert t.loc[0, "sam"] == pytest.approx(100 * (0.65)) and t.loc[0, "sam_rho"] == 0.05
+    md = report.to_markdown(t)
+    assert md.splitlines()[0].endswith("| GPr | SAM |") and "(lr 0.05, ρ 0.05)" in md
+    final = pd.concat([df, sam], ignore_index=True).query("label_noise == 0.25").drop(columns="label_noise")
+    t1 = report.table1(final)
+    assert t1.loc[0, "sam"] == pytest.approx(65.0) and t1.loc[0, "sam_rho"] == 0.05 and "SAM" in report.to_markdown(t1)
+    assert "rho" not in "".join(report.table1(df.query("label_noise == 0.25")).columns)  # no SAM, no rho column

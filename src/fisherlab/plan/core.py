@@ -29,6 +29,12 @@ CHECKPOINTS = "results/checkpoints"  # a run's resumable state, outside its decl
 SELECTION_KEYS = ("key", "value", "source")  # what every selection file holds
 
 
+def strength_name(regularizer: str) -> str:
+    """What a regularizer's strength is called: beta (mixup's Beta(beta, beta)), rho (SAM's
+    radius) or alpha (the penalties' coefficient)."""
+    return {"mixup": "beta", "sam": "rho"}.get(regularizer, "alpha")
+
+
 def fmt(x: float) -> str:
     """A number as it appears in a path: 4 significant digits, the shortest form."""
     return f"{x:.4g}"
@@ -64,7 +70,7 @@ class RunSpec:
     train: dict[str, Any]
     lr: Number
     regularizer: str = "none"
-    strength: Number | None = None  # alpha (beta for mixup), None for plain training
+    strength: Number | None = None  # alpha (beta for mixup, rho for SAM), None for plain training
     reg_kwargs: dict[str, Any] = field(default_factory=dict)  # every, start_epoch, ...
     data: dict[str, Any] = field(default_factory=dict)  # val_size, augment
     inputs: dict[str, str] = field(default_factory=dict)  # train, test, noise, selections, init
@@ -84,10 +90,15 @@ class RunSpec:
     def summary(self) -> str:
         return f"{self.path}/summary.json"
 
+    def independent(self) -> bool:
+        """Whether the run reads nothing that other runs make (no selection, no starting
+        checkpoint): it can be scheduled together with any other such run."""
+        return not any(p.startswith((RUNS + "/", SELECTIONS + "/")) for p in self.inputs.values())
+
     def strength_name(self) -> str | None:
         if self.regularizer == "none":
             return None
-        return "beta" if self.regularizer == "mixup" else "alpha"
+        return strength_name(self.regularizer)
 
     def resolve(self, read: Callable[[str], Mapping[str, Any]] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
         """The :class:`TrainConfig` and the summary fields of this run. ``read(name)``
@@ -135,7 +146,7 @@ class SelectionSpec:
     results/selection/<id>.json as {key, value, source, run_dir, grid}."""
 
     id: str
-    key: str  # lr, alpha or beta
+    key: str  # lr, alpha, beta or rho
     candidates: list[str] = field(default_factory=list)
     fixed: float | None = None
 

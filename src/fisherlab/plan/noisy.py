@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .core import FamilyPlan, PlanError, Ref, RunSpec, SelectionSpec, family, fmt
+from .core import FamilyPlan, PlanError, Ref, RunSpec, SelectionSpec, family, fmt, strength_name
 from .settings import base_run, lr_input, lr_search, noise_file, search_seed, setting
 
-#: The Table 3 columns after the baseline, in the paper's order.
-REGULARIZERS = ("mixup", "gpx", "fp", "gpr")
+#: The Table 3 columns after the baseline, in the paper's order (SAM, beyond the paper, last).
+REGULARIZERS = ("mixup", "gpx", "fp", "gpr", "sam")
 FIGURE_REGULARIZERS = {"fig5": ("fp",), "fig11": ("fp",), "fig12": ("fp", "gpr")}
 
 
@@ -54,8 +54,13 @@ def figures(config: Mapping[str, Any]) -> dict[str, str]:
     return {fig: chosen[fig] for fig in FIGURE_REGULARIZERS if chosen[fig] in running}
 
 
-def regularizers(ns: Mapping[str, Any]) -> list[str]:
-    return [r for r in REGULARIZERS if r in ns["regularizers"]]
+def grids(config: Mapping[str, Any], ns: Mapping[str, Any]) -> dict[str, list[float]]:
+    """A noisy setting's regularizer columns and their grids, SAM's (``sam.rho_grid``)
+    included when ``sam.enabled``."""
+    out = dict(ns["regularizers"])
+    if config["sam"]["enabled"]:
+        out["sam"] = [config["sam"]["rho"]] if config["sam"]["rho"] is not None else config["sam"]["rho_grid"]
+    return {r: out[r] for r in REGULARIZERS if r in out}
 
 
 def prefix(name: str, noise: float) -> str:
@@ -63,7 +68,7 @@ def prefix(name: str, noise: float) -> str:
 
 
 def grid_id(name: str, noise: float, reg: str, value: float, seed: int) -> str:
-    return f"{prefix(name, noise)}/{reg}/{'beta' if reg == 'mixup' else 'alpha'}{fmt(value)}/seed{seed}"
+    return f"{prefix(name, noise)}/{reg}/{strength_name(reg)}{fmt(value)}/seed{seed}"
 
 
 @family("noisy")
@@ -86,7 +91,7 @@ def noisy(config: Mapping[str, Any]) -> FamilyPlan:
             def run(rid: str, seed: int, stage: str, reg: str = "none", strength=None, inputs=(), **kw) -> RunSpec:
                 files = {"noise": noise_file(config, s["dataset"], noise, seed), **lr_files, **dict(inputs)}
                 return base_run(config, base, rid, "noisy", seed, lr, regularizer=reg, strength=strength,
-                                reg_kwargs={} if reg in ("none", "mixup") else {"every": ns["every"]},
+                                reg_kwargs={} if reg in ("none", "mixup", "sam") else {"every": ns["every"]},
                                 train=train, inputs=files,
                                 fields={"setting": name, "base": base, "label_noise": float(fmt(noise)),
                                         "role": "baseline" if reg == "none" else reg, "stage": stage},
@@ -94,11 +99,10 @@ def noisy(config: Mapping[str, Any]) -> FamilyPlan:
 
             plan.runs += [run(f"{prefix(name, noise)}/baseline/seed{seed}", seed, "final")
                           for seed in config["seeds"]]  # fmt: skip
-            for reg in regularizers(ns):
+            for reg, values in grids(config, ns).items():
                 grid = [run(grid_id(name, noise, reg, v, seed0), seed0, "grid", reg, float(fmt(v)))
-                        for v in ns["regularizers"][reg]]  # fmt: skip
-                sel = SelectionSpec(f"{prefix(name, noise)}/{reg}", "beta" if reg == "mixup" else "alpha",
-                                    [g.id for g in grid])  # fmt: skip
+                        for v in values]  # fmt: skip
+                sel = SelectionSpec(f"{prefix(name, noise)}/{reg}", strength_name(reg), [g.id for g in grid])
                 plan.extend(FamilyPlan(grid, [sel]))
                 for seed in config["seeds"]:
                     rid = f"{prefix(name, noise)}/{reg}/selected/seed{seed}"

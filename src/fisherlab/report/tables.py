@@ -27,7 +27,7 @@ from ..atomic import write_text_atomic
 
 #: The columns of Table 1 (and Tables 4-6), in the paper's order: the optimal learning
 #: rate, the small-learning-rate baseline, and the baseline with each regularizer.
-TABLE1_COLUMNS: tuple[str, ...] = ("eta_star", "baseline", "gpx", "gp", "fp", "gpr")
+TABLE1_COLUMNS: tuple[str, ...] = ("eta_star", "baseline", "gpx", "gp", "fp", "gpr", "sam")  # SAM: beyond the paper
 
 
 #: Column headers as printed in the paper.
@@ -39,15 +39,21 @@ DISPLAY_NAMES: dict[str, str] = {
     "fp": "FP",
     "gpr": "GPr",
     "mixup": "Mixup",
+    "sam": "SAM",
 }
 
 
 #: The columns of Table 3 (and Supplement Tables 8-9): the noisy-label experiments.
-NOISY_COLUMNS: tuple[str, ...] = ("baseline", "mixup", "gpx", "fp", "gpr")
+NOISY_COLUMNS: tuple[str, ...] = ("baseline", "mixup", "gpx", "fp", "gpr", "sam")
 
 
 #: The hyperparameters a table cell reports (when its runs have them).
-_HYPERS = (("lr", "lr"), ("alpha", "α"), ("beta", "β"))
+_HYPERS = (("lr", "lr"), ("alpha", "α"), ("beta", "β"), ("rho", "ρ"))
+
+
+def _hyper_suffixes(df: pd.DataFrame, always: tuple[str, ...]) -> tuple[str, ...]:
+    """The hyperparameter columns of a table: ``always``, and the others some run has."""
+    return tuple(f"_{h}" for h, _ in _HYPERS if h in always or (h in df.columns and df[h].notna().any()))
 
 
 _STATUS_OK = "ok"
@@ -133,7 +139,7 @@ def results_table(
             row.update({f"{c}{suffix}": v for suffix, v in cell.items()})
         rows.append(row)
     out = pd.DataFrame(rows, columns=["setting"] + [
-        f"{c}{s}" for c in columns for s in ("", "_std", "_n", "_runs", "_status", "_lr", "_alpha")
+        f"{c}{s}" for c in columns for s in ("", "_std", "_n", "_runs", "_status", *_hyper_suffixes(df, ("lr", "alpha")))
     ])  # fmt: skip
     for c in columns:
         out[f"{c}_n"] = out[f"{c}_n"].astype(int)
@@ -193,7 +199,8 @@ def noisy_table(
     runs = df[df["role"].isin(NOISY_COLUMNS)]
     noise = list(dict.fromkeys(runs["label_noise"].tolist())) if noise is None else list(noise)
     settings = list(dict.fromkeys(runs["setting"].tolist())) if settings is None else list(settings)
-    suffixes = ("", "_std", "_n", "_runs", "_status") + tuple(f"_{h}" for h, _ in _HYPERS)
+    suffixes = ("", "_std", "_n", "_runs", "_status") + _hyper_suffixes(df, ("lr", "alpha", "beta"))
+    columns = [c for c in NOISY_COLUMNS if c != "sam" or (runs["role"] == "sam").any()]  # SAM: when it ran
     rows = []
     for f in noise:
         for setting in settings:
@@ -201,13 +208,13 @@ def noisy_table(
             if here.empty and not (runs["setting"] == setting).any():
                 continue
             row: dict[str, Any] = {"label_noise": f, "setting": setting}
-            for c in NOISY_COLUMNS:
+            for c in columns:
                 cell = _cell(here[here["role"] == c], value, scale, f"{f}/{setting}/{c}")
                 row.update({f"{c}{suffix}": v for suffix, v in cell.items()})
             rows.append(row)
-    cols = ["label_noise", "setting"] + [f"{c}{s}" for c in NOISY_COLUMNS for s in suffixes]
+    cols = ["label_noise", "setting"] + [f"{c}{s}" for c in columns for s in suffixes]
     out = pd.DataFrame(rows, columns=cols)
-    for c in NOISY_COLUMNS:
+    for c in columns:
         out[f"{c}_n"] = out[f"{c}_n"].astype(int)
         out[f"{c}_runs"] = out[f"{c}_runs"].astype(int)
     return out
