@@ -4,10 +4,13 @@ one module per job. Nothing here trains, schedules or knows about Snakemake.
 - :mod:`~fisherlab.report.summaries`: run summaries into frames;
 - :mod:`~fisherlab.report.selection`: η* and α* on the validation split;
 - :mod:`~fisherlab.report.tables`: Tables 1-9, CSV and Markdown;
-- :mod:`~fisherlab.report.figures`: Figs. 4, 5, 10, 11, 12.
+- :mod:`~fisherlab.report.figures`: Figs. 4, 5, 10, 11, 12;
+- :mod:`~fisherlab.report.interventions`: Figs. 3, 6, 13, 14, 16, 17, 20, 21.
 """
 
 from .figures import NoisyRun, fig4, fig5, fig12
+from . import interventions
+from .interventions import fig3, fig14, fig21
 from .selection import NoFinishedRun, choose, select
 from .summaries import load_summaries, read_run
 from .tables import (
@@ -36,9 +39,13 @@ __all__ = [
     "NoisyRun",
     "TABLE1_COLUMNS",
     "choose",
+    "fig3",
     "fig4",
     "fig5",
     "fig12",
+    "fig14",
+    "fig21",
+    "interventions",
     "load_summaries",
     "noisy_table",
     "read_run",
