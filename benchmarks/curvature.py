@@ -1,6 +1,22 @@
 """Speed of fisherlab's curvature measurement, Fisher penalty and training loop.
 
-Prints ratios measured side by side in one run (issue "fisherlab core", section Speed):
+Prints ratios measured side by side in one run. Issue 14 (cheaper epochs), the default:
+
+  E1  per recipe (SimpleCNN/CIFAR-10, VGG-11/CIFAR-100: 45k training, 5k validation, 10k
+      test images, batch 128, Tr(F) and Tr(F_B) every 100 steps on 128 examples): an
+      epoch's evaluation + measurement seconds / its training seconds, from the trainer
+      (target <= 0.15); on the CPU on an epoch scaled down by --e1-scale (every split, the
+      training subset and the measurement interval alike, so the ratio is the full one's)
+  E2  per model (ResNet-26, WRN-44-3, DenseNet-40-12): trace_fisher on --e2-n (5,000)
+      examples / one forward+backward over the same examples in chunks of 128 (target
+      <= 1.3x on the CPU with 2 threads); wall and process CPU time, alternating runs,
+      the machine's load printed beside them
+  E3  by default with --device cuda only: P1 at N = 128 and 5,000 for every model of the
+      paper (target <= 2x), one SimpleCNN/CIFAR-10-sized FP epoch with evaluation (50,000
+      synthetic training images, target <= 2 s), and P2 for SimpleCNN and VGG-11
+      (--only E3 --e3-n 16 --e3-images 512 --e3-models simple_cnn tries it on the CPU)
+
+and the figures of the issue "fisherlab core" (--only P1 P2 P3):
 
   P1  trace_fisher over N examples / one batched forward+backward over the same N
       (also: a naive per-example loop, torch.func vmap(grad) in chunks of 64, and
@@ -11,22 +27,31 @@ Prints ratios measured side by side in one run (issue "fisherlab core", section 
       same on-device tensors
   SAM one SAM training step / one plain step (issue 15; not in the default --only)
 
-Usage: python benchmarks/curvature.py [--device cpu|cuda] [--threads 2] [--n 512]
+Usage: python benchmarks/curvature.py [--device cpu|cuda] [--threads 2] [--only E1 E2 E3]
+       [--e1-scale 0.1] [--e1-before] [--e2-n 5000] [--e2-models ...] [--repeat 2]
+       [--e3-n 128 5000] [--e3-images 50000] [--e3-models ...]
+       python benchmarks/curvature.py --only P1 P2 P3 SAM [--n 512] [--no-references]
        [--models simple_cnn vgg11 wrn44_3 densenet40_12 ...] [--epoch-images 2560]
-       [--only P1 P2 P3 SAM] [--no-references]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from fisherlab import TrainConfig, TrainData, build_model, build_regularizer, trace_fisher, train
+from fisherlab import (TrainConfig, TrainData, build_model, build_regularizer, trace_fisher,
+                       trace_fisher_batch, train)
 from fisherlab.data import DeviceData, make_synthetic
+
+PAPER_MODELS = ["simple_cnn", "vgg11", "wrn44_3", "wrn44_3_skipinit", "densenet40_12", "resnet26", "resnet32",
+                "resnet52", "resnet56", "resnet18_fixup"]  # fmt: skip
+E1_RECIPES = {"SimpleCNN/CIFAR-10": ("simple_cnn", 10), "VGG-11/CIFAR-100": ("vgg11", 100)}
 
 CLASSES = {
     "simple_cnn": 10,
@@ -232,6 +257,165 @@ def sam_step(name, device, batch=128, rho=0.05, repeat=5):
     print(line)
 
 
+# ------------------------------------------------------------------ issue 14: E1, E2, E3
+
+
+def load() -> str:
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def recipe_data(device, num_classes, scale, train=45_000, val=5_000, test=10_000):
+    """Synthetic CIFAR-sized splits (32x32, ``scale`` times the paper's sizes)."""
+
+    def split(n, name):
+        return make_synthetic(max(1, round(n * scale)), num_classes=num_classes, seed=0, split=name)
+
+    tr = DeviceData(split(train, "train"), device=device)
+    stats = {"mean": tr.mean.flatten().tolist(), "std": tr.std.flatten().tolist()}
+    return TrainData(tr, DeviceData(split(val, "val"), device=device, **stats),
+                     DeviceData(split(test, "test"), device=device, **stats))  # fmt: skip
+
+
+def recipe_run(model, data, device, *, scale=1.0, fisher_every=100, regularizer="none", kwargs=None, before=False):
+    """Three epochs of the recipe (batch 128, Tr(F) and Tr(F_B) on 128 fixed examples every
+    ``fisher_every`` steps and at each epoch's end; the training subset scaled with the
+    splits). ``before``: evaluation as before issue 14 (every split whole every epoch, in
+    batches of 1,000)."""
+    cfg = {"model": model, "epochs": 3, "batch_size": 128, "lr": 0.01, "fisher_examples": 128,
+           "fisher_every": fisher_every, "train_eval_examples": round(5_000 * scale),
+           "regularizer": regularizer, "regularizer_kwargs": kwargs or {}, "device": str(device)}  # fmt: skip
+    if before:
+        cfg.update(train_eval_examples=0, test_every_epoch=True, eval_batch_size=1000)
+    return train(TrainConfig(**cfg), data)
+
+
+def measurement_seconds(model, data, device, clock="wall"):
+    """One of the trainer's measurements: Tr(F) and Tr(F_B) on 128 training examples."""
+    x = data.train.batch(range(128))[0]
+
+    def measure():
+        trace_fisher(model, x, generator=0)
+        trace_fisher_batch(model, x, batch_size=128, generator=0)
+
+    if clock == "wall":
+        return best_time(measure, device)
+    measure()
+    times = []
+    for _ in range(3):
+        t0 = time.process_time()
+        measure()
+        times.append(time.process_time() - t0)
+    return min(times)
+
+
+class _ProcessClock:
+    """Stands in for the trainer's ``time`` module: its perf_counter is the process's CPU
+    time, so that ``seconds`` and ``eval_seconds`` count this process's work only."""
+
+    perf_counter = staticmethod(time.process_time)
+
+
+def e1(device, scale, before=False, clock="wall"):
+    """E1: evaluation + measurement seconds / training seconds of an epoch (the second of
+    three: the first warms up, the last evaluates the whole training and test splits).
+    At scale 1 as the trainer records it. Scaled down, the measurements are not: each
+    costs the same on 128 examples whatever the epoch's size, and a full epoch holds
+    352 / 100 + 1 = 4.5 of them; so the run measures at each epoch's end only, one
+    measurement is timed apart (m), and E1 = (evaluation + 4.5 s m) / training, the
+    evaluation being the epoch's eval_seconds less its one measurement. ``clock="cpu"``:
+    process CPU time instead of wall time, for a machine that other work shares (with one
+    thread: with more, idle OpenMP threads spin and count)."""
+    import fisherlab.trainer
+
+    if clock == "cpu":
+        fisherlab.trainer.time = _ProcessClock
+    per_epoch = math.ceil(45_000 / 128) / 100 + 1
+    print(f"E1 (target <= 0.15): epochs of {round(45_000 * scale)} training, {round(5_000 * scale)} validation, "
+          f"{round(10_000 * scale)} test images (scale {scale:g} of the paper's), {clock} time; {load()}")  # fmt: skip
+    for label, (model, classes) in E1_RECIPES.items():
+        data = recipe_data(device, classes, scale)
+        for name, old in [("now", False)] + [("before issue 14", True)] * before:
+            if scale == 1:
+                mid = recipe_run(model, data, device, before=old).metrics[1]
+                print(f"  {label:20s} {name:16s} train {mid['seconds']:.2f} s, evaluation + measurement "
+                      f"{mid['eval_seconds']:.2f} s: {mid['eval_seconds'] / mid['seconds']:.3f}")  # fmt: skip
+                continue
+            result = recipe_run(model, data, device, scale=scale, fisher_every=0, before=old)
+            mid, m = result.metrics[1], measurement_seconds(result.model, data, device, clock)
+            evaluation = max(mid["eval_seconds"] - m, 0.0)
+            ratio = (evaluation + scale * per_epoch * m) / mid["seconds"]
+            print(f"  {label:20s} {name:16s} train {mid['seconds']:.2f} s, evaluation {evaluation:.2f} s, one "
+                  f"measurement {m:.3f} s (x {scale * per_epoch:.2f} at this scale): {ratio:.3f}")  # fmt: skip
+    print(f"  ({load()})")
+    fisherlab.trainer.time = time
+
+
+def chunked_forward_backward(model, x, y, chunk=128):
+    model.zero_grad(set_to_none=True)
+    for xc, yc in zip(x.split(chunk), y.split(chunk)):
+        F.cross_entropy(model(xc), yc, reduction="sum").backward()
+
+
+def fisher_ratio(name, device, n, repeat, chunk=128):
+    """trace_fisher over n examples / a forward+backward over them in chunks of ``chunk``
+    (trace_fisher's own chunk), eval mode; alternating runs after a warm-up on one chunk,
+    the minimum of each (wall, and on the CPU process CPU time)."""
+    model = build_model(name, CLASSES[name]).to(device).eval()
+    x = torch.randn(n, 3, 32, 32, device=device)
+    y = torch.randint(0, CLASSES[name], (n,), device=device)
+    runs = {"fwd+bwd": lambda xs, ys: chunked_forward_backward(model, xs, ys, chunk),
+            "trace_fisher": lambda xs, ys: trace_fisher(model, xs, generator=0, chunk_size=chunk)}  # fmt: skip
+    for fn in runs.values():
+        fn(x[:chunk], y[:chunk])
+    wall, cpu = {k: math.inf for k in runs}, {k: math.inf for k in runs}
+    for _ in range(repeat):
+        for label, fn in runs.items():
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(x, y)
+            sync(device)
+            wall[label] = min(wall[label], time.perf_counter() - t0)
+            cpu[label] = min(cpu[label], time.process_time() - c0)
+    return wall, cpu
+
+
+def e2(models, device, n, repeat):
+    """E2: trace_fisher / forward+backward over the same n examples."""
+    print(f"E2 (target <= 1.3x): trace_fisher on {n} examples / forward+backward over them (chunks of 128); "
+          f"min of {repeat}; {load()}")  # fmt: skip
+    for name in models:
+        wall, cpu = fisher_ratio(name, device, n, repeat)
+        line = (f"  {name:16s} fwd+bwd {wall['fwd+bwd']:.2f} s, trace_fisher {wall['trace_fisher']:.2f} s: "
+                f"{wall['trace_fisher'] / wall['fwd+bwd']:.3f}x wall")  # fmt: skip
+        if device.type == "cpu":
+            line += f", {cpu['trace_fisher'] / cpu['fwd+bwd']:.3f}x CPU time"
+        print(line + f"   ({load()})")
+
+
+def e3(device, repeat, ns=(128, 5_000), images=50_000, models=PAPER_MODELS):
+    """E3, the GPU figures: P1 at N = 128 and 5,000 for every model, the FP epoch of
+    50,000 SimpleCNN images with evaluation, P2 (smaller ``ns``/``images`` try the code
+    on the CPU)."""
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} (not the GPU figures)"
+    print(f"E3 on {where}; {load()}")
+    print("  P1 (target <= 2x): trace_fisher / forward+backward over the same N (chunks of 128)")
+    for name in models:
+        ratios = []
+        for n in ns:
+            wall, _ = fisher_ratio(name, device, n, repeat)
+            ratio, ms = wall["trace_fisher"] / wall["fwd+bwd"], wall["fwd+bwd"] * 1e3
+            ratios.append(f"N={n}: {ratio:.2f}x ({ms:.0f} ms fwd+bwd)")
+        print(f"    {name:16s} " + "   ".join(ratios))
+    data = recipe_data(device, 10, images / 50_000, train=50_000)
+    mid = recipe_run("simple_cnn", data, device, regularizer="fp", kwargs={"alpha": 0.01, "every": 10}).metrics[1]
+    print(f"  SimpleCNN FP epoch (every=10), {len(data.train)} training + {len(data.val)} validation + "
+          f"{len(data.test)} test synthetic images, "
+          f"Tr(F) every 100 steps: {mid['seconds']:.2f} s training + {mid['eval_seconds']:.2f} s evaluation and "
+          f"measurement = {mid['seconds'] + mid['eval_seconds']:.2f} s (target <= 2 s; paper Table 5: 21 s)")  # fmt: skip
+    for name in ("simple_cnn", "vgg11"):
+        p2(name, device, images)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -239,7 +423,18 @@ def main():
     ap.add_argument("--n", type=int, default=512, help="examples for P1")
     ap.add_argument("--models", nargs="+", default=["simple_cnn", "vgg11"])
     ap.add_argument("--epoch-images", type=int, default=2560, help="training-set size for P2/P3")
-    ap.add_argument("--only", nargs="+", default=["P1", "P2", "P3"])
+    ap.add_argument("--only", nargs="+", default=None, help="default: E1 E2, and E3 with --device cuda")
+    ap.add_argument("--e1-scale", type=float, default=None,
+                    help="E1 epoch size / the paper's (default: 0.1 on the CPU, 1 on a GPU)")
+    ap.add_argument("--e1-before", action="store_true", help="E1: also the evaluation as before issue 14")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="E1: wall time, or process CPU time (a shared machine; use with --threads 1)")
+    ap.add_argument("--e2-n", type=int, default=5_000, help="examples for E2")
+    ap.add_argument("--e2-models", nargs="+", default=["resnet26", "wrn44_3", "densenet40_12"])
+    ap.add_argument("--repeat", type=int, default=2, help="E2/E3: timed runs of each (the minimum is kept)")
+    ap.add_argument("--e3-n", nargs="+", type=int, default=[128, 5_000], help="E3: the N of P1")
+    ap.add_argument("--e3-images", type=int, default=50_000, help="E3: training images of the FP epoch and P2")
+    ap.add_argument("--e3-models", nargs="+", default=PAPER_MODELS)
     ap.add_argument("--no-references", action="store_true",
                     help="P1: time trace_fisher only (skip the naive loop, vmap and BackPACK)")
     ap.add_argument("--fp-epoch-50k", action="store_true",
@@ -247,8 +442,16 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.only is None:
+        args.only = ["E1", "E2", "E3"] if device.type == "cuda" else ["E1", "E2"]
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
-    for name in args.models:
+    if "E1" in args.only:
+        e1(device, args.e1_scale or (1.0 if device.type == "cuda" else 0.1), args.e1_before, args.clock)
+    if "E2" in args.only:
+        e2(args.e2_models, device, args.e2_n, args.repeat)
+    if "E3" in args.only:
+        e3(device, args.repeat, args.e3_n, args.e3_images, args.e3_models)
+    for name in args.models if {"P1", "P2", "P3", "SAM"} & set(args.only) else []:
         if "P1" in args.only:
             p1(name, device, args.n, references=not args.no_references)
         if "P2" in args.only:
