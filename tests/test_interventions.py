@@ -186,26 +186,26 @@ def test_paths_are_unique_and_overlays_can_leave_figures_out():
     plan_off = build_plan(off)
     assert not iv.figures(off, plan_off)
     assert not any(r.family in ("late_fp", "two_phase", "hessian_along", "alpha_sweep") for r in plan_off.runs.values())
-    demo = load("configs/demo.yaml")  # the paper's blocks name settings the demo does not run
-    assert not iv.figures(demo, build_plan(demo))
+    demo = load("configs/demo.yaml")  # the paper's other blocks name settings the demo does not run
+    assert iv.figures(demo, build_plan(demo)) == ["fig3", "fig6"]
 
 
-DEMO_BLOCK = {  # a small Fig. 3 and Fig. 6 on the demo's setting (the block /work/notes/issue12_demo.yaml proposes)
-    "interventions": {"fig3": {"settings": ["demo_synthetic"], "start_epochs": [0, 3], "seeds": None},
-                      "fig6": {"setting": "demo_synthetic", "high": {"lr": 0.03}, "low": {"lr": 0.01},
-                               "phase1_epochs": 2, "epochs": 3, "milestones": [2], "seeds": [1, 2]}},
-}  # fmt: skip
-
-
-def test_a_demo_sized_overlay():
-    cfg = load("configs/demo.yaml", DEMO_BLOCK)
+def test_the_demo_plan_has_a_small_fig3_and_fig6():
+    cfg = load("configs/demo.yaml")
     plan = build_plan(cfg)
     counts = Counter(r.family for r in plan.runs.values())
-    assert (counts["late_fp"], counts["two_phase"]) == (1, 6)
+    fig3, fig6 = cfg["interventions"]["fig3"], cfg["interventions"]["fig6"]
+    late = [e for e in fig3["start_epochs"] if e > 0]
+    assert counts["late_fp"] == len(late) * len(cfg["seeds"])
+    assert counts["two_phase"] == 2 * (1 + len(fig6["seeds"]))
     assert not {"hessian_along", "alpha_sweep"} & set(counts)  # the paper's settings do not run in the demo
-    assert iv.figures(cfg, plan) == ["fig3", "fig6"]
-    assert len(iv.figure_inputs(cfg, "fig6", plan)) == 6 + 4
-    assert len(iv.figure_inputs(cfg, "fig3", plan)) == 1 + 3  # E = 3, and the demo's eta*, Baseline and FP runs
+    assert len(iv.figure_inputs(cfg, "fig6", plan)) == 2 * (1 + len(fig6["seeds"])) + 2 * len(fig6["seeds"])
+    assert len(iv.figure_inputs(cfg, "fig3", plan)) == len(late) + 3  # and the demo's eta*, Baseline and FP runs
+    phase1 = {r.path for r in iv.figure_runs(cfg, "fig6", plan) if r.fields["role"] == "phase1"}
+    for r in iv.figure_runs(cfg, "fig6", plan):
+        assert r.fields["setting"] == fig6["setting"]
+        if r.fields["role"] == "phase2":
+            assert r.inputs["init"].removesuffix("/model.pt") in phase1
 
 
 def test_null_figure_blocks_validate_and_a_bad_block_is_a_schema_error():
