@@ -58,4 +58,4 @@ def test_training_is_unchanged_by_recalibrated_evaluation(monkeypatch):
     assert [r["trace_fisher"] for r in plain.curvature] == [r["trace_fisher"] for r in recal.curvature]
     for a, b in zip(plain.model.state_dict().values(), recal.model.state_dict().values()):
         assert torch.equal(a, b)
-    assert [r["test_loss"] for r in plain.metrics] != [r["test_loss"] for r in recal.metrics]
+    assert [r["val_loss"] for r in plain.metrics] != [r["val_loss"] for r in recal.metrics]

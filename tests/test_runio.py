@@ -32,7 +32,7 @@ def test_write_run_files(tmp_path, result):
     metrics, curvature = read_csv(out / "metrics.csv"), read_csv(out / "curvature.csv")
     assert [int(r["epoch"]) for r in metrics] == [1, 2]
     assert list(curvature[0]) == ["step", "epoch", "trace_fisher", "trace_fisher_batch",
-                                  "train_loss_running"]  # fmt: skip
+                                  "train_loss_running", "train_acc_running"]  # fmt: skip
     assert [int(r["step"]) for r in curvature] == [s["step"] for s in result.curvature]
     assert float(curvature[-1]["trace_fisher"]) == pytest.approx(result.curvature[-1]["trace_fisher"])
     summary = json.loads((out / "summary.json").read_text())

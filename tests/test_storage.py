@@ -284,10 +284,10 @@ def test_every_regularizer_state_loads_safely(tmp_path, data, name):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 4 MiB tmpfs mounted at tmp_path/disk (the tests run as root)."""
+    """A 6 MiB tmpfs mounted at tmp_path/disk (the tests run as root)."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)],
                           capture_output=True, text=True, check=False)  # fmt: skip
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill (needs root and CAP_SYS_ADMIN): {proc.stderr.strip()}")
@@ -386,7 +386,7 @@ def test_torch_save_on_a_full_disk_is_translated(small_disk):
     """torch.save that fails within a record raises RuntimeError ("unexpected pos"); the
     StorageError names the disk, and keeps torch's error as its cause."""
     with pytest.raises(StorageError) as info:
-        save_checkpoint({"w": torch.zeros(2_000_000)}, small_disk / "c.pt")  # 8 MB on a 4 MiB disk
+        save_checkpoint({"w": torch.zeros(2_000_000)}, small_disk / "c.pt")  # 8 MB on a 6 MiB disk
     assert info.value.errno == errno.ENOSPC and "no space left on device" in str(info.value)
     assert isinstance(info.value.__cause__, RuntimeError) and "unexpected pos" in str(info.value.__cause__)
     assert list(small_disk.iterdir()) == []

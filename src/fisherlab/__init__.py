@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
                      "InputGradientPenalty", "Mixup", "NoRegularizer", "RandomLabelGradientPenalty", "Regularizer",
                      "StepOutput", "build_regularizer", "SharpnessAwareMinimization"], "penalties"),
     **dict.fromkeys(["group_metrics"], "memorization"),
+    **dict.fromkeys(["Evaluator", "predictions"], "evaluation"),
     **dict.fromkeys(["Preempted", "StopFlag"], "preemption"),
     **dict.fromkeys(["every_n_epochs", "multistep_lr"], "schedule"),
     **dict.fromkeys(["TrainConfig"], "train_config"),

@@ -30,6 +30,9 @@ from .runio import code_version, json_safe, write_run
 from .trainer import TrainConfig, TrainData, TrainResult, train
 
 
+SNAPSHOTS = "snapshots"  # a run's kept weights: <run dir>/snapshots/{epoch<E>,best}.pt
+
+
 def resolve_device(device: str) -> str:
     """``auto`` is CUDA when available, else the CPU."""
     if device == "auto":
@@ -100,11 +103,13 @@ def run(
     """Train (resuming from ``checkpoint``), then write the run's files under ``out_dir``:
     metrics.csv, curvature.csv, summary.json (the trainer's summary, with ``fields``
     added: the run's labels) and model.pt (the final weights). The files appear only once
-    training has ended.
+    training has ended, except the weights kept along the way (``cfg.keep_epochs``,
+    ``cfg.keep_best``) in ``out_dir/snapshots`` (:func:`fisherlab.trainer.train`).
 
     If ``should_stop`` (see :func:`fisherlab.trainer.train`) stops the run, its state is
     in ``checkpoint``, nothing is written to ``out_dir``, and :class:`Preempted` is raised."""
-    result = train(cfg, data, checkpoint=checkpoint, log=log, should_stop=should_stop)
+    snapshots = Path(out_dir) / SNAPSHOTS if cfg.keep_epochs or cfg.keep_best else None
+    result = train(cfg, data, checkpoint=checkpoint, log=log, should_stop=should_stop, snapshots=snapshots)
     if result.status == "preempted":
         raise Preempted(f"stopped on request at step {result.summary['steps']}; the state is in "
                         f"{checkpoint}, and running again resumes from it")  # fmt: skip
@@ -142,6 +147,42 @@ def run_planned(
                should_stop=should_stop, code_version=code_version(), **fields)  # fmt: skip
 
 
+def trace_hessian_of_weights(
+    spec: RunSpec,
+    inputs: Mapping[str, str],
+    weights: Mapping[str, str | os.PathLike | None],
+    *,
+    probes: int = 30,
+    examples: int = 1000,
+    distribution: str = "rademacher",
+    device: str = "auto",
+) -> dict[str, dict[str, Any]]:
+    """Tr(H) (Hutchinson, Supplement B) of each weights file of a planned run (label ->
+    state_dict path; None: not measured, NaN), on ``examples`` fixed training examples
+    with their labels, the model rebuilt from the run's own spec (model and
+    ``model_kwargs``). The data are loaded once; every file gets the same examples and
+    the same probes, so values along a trajectory differ by the weights only."""
+    from .curvature import trace_hessian
+    from .models import build_model
+
+    device = resolve_device(device)
+    cfg, _ = spec.resolve(lambda name: read_selection(inputs[name]))
+    data = planned_data(spec, inputs, device)
+    model = build_model(cfg.model, num_classes=data.train.num_classes, **cfg.model_kwargs).to(device)
+    n = min(examples, len(data.train))
+    idx = np.sort(np.random.default_rng(0).choice(len(data.train), n, replace=False))
+    x, y = data.train.batch(idx)
+    out = {}
+    for label, path in weights.items():
+        est, err = float("nan"), float("nan")
+        if path is not None:
+            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            est, err = trace_hessian(model, x, y, num_probes=probes, generator=0, distribution=distribution)
+        out[label] = {"trace_hessian": est, "stderr": err, "probes": probes, "examples": n,
+                      "distribution": distribution}  # fmt: skip
+    return out
+
+
 def trace_hessian_of_run(
     spec: RunSpec,
     inputs: Mapping[str, str],
@@ -153,23 +194,39 @@ def trace_hessian_of_run(
     distribution: str = "rademacher",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Tr(H) of a finished run's weights (Hutchinson, Supplement B) on ``examples``
-    fixed training examples, the model rebuilt from the run's own spec (model and
-    ``model_kwargs``). A diverged run gets NaN: its curvature means nothing."""
-    from .curvature import trace_hessian
-    from .models import build_model
-
-    device = resolve_device(device)
-    cfg, _ = spec.resolve(lambda name: read_selection(inputs[name]))
+    """Tr(H) of a finished run's weights ``model_path`` (:func:`trace_hessian_of_weights`).
+    A diverged run gets NaN: its curvature means nothing."""
     summary = json.loads(Path(summary_path).read_text())
-    data = planned_data(spec, inputs, device)
-    model = build_model(cfg.model, num_classes=data.train.num_classes, **cfg.model_kwargs).to(device)
-    model.load_state_dict(torch.load(model_path, map_location=device, weights_only=True))
-    n = min(examples, len(data.train))
-    idx = np.sort(np.random.default_rng(0).choice(len(data.train), n, replace=False))
-    x, y = data.train.batch(idx)
-    est, err = float("nan"), float("nan")
-    if summary["status"] == "ok":
-        est, err = trace_hessian(model, x, y, num_probes=probes, generator=0, distribution=distribution)
-    return json_safe({"trace_hessian": est, "stderr": err, "probes": probes, "examples": n,
-                      "distribution": distribution, "status": summary["status"]})  # fmt: skip
+    ok = summary["status"] == "ok"
+    out = trace_hessian_of_weights(spec, inputs, {"final": model_path if ok else None}, probes=probes,
+                                   examples=examples, distribution=distribution, device=device)["final"]  # fmt: skip
+    return json_safe({**out, "status": summary["status"]})
+
+
+def trace_hessian_of_snapshots(
+    spec: RunSpec,
+    inputs: Mapping[str, str],
+    run_dir: str | os.PathLike,
+    *,
+    probes: int = 30,
+    examples: int = 1000,
+    distribution: str = "rademacher",
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Tr(H) along training (Section 5, Supplement I.4, Fig. 14): one row per weights
+    file the run kept in ``run_dir/snapshots`` (:func:`run`), ``epoch<E>.pt`` for each E
+    of its ``keep_epochs`` and ``best.pt`` (``keep_best``: Tr(H_f) at the best-test-accuracy
+    epoch, Fig. 6). Rows: snapshot, epoch, trace_hessian, stderr, probes, examples,
+    distribution, status ("ok", or "missing" when the run never reached that epoch,
+    e.g. it diverged before)."""
+    cfg, _ = spec.resolve(lambda name: read_selection(inputs[name]))
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    kept = {f"epoch{e}": e for e in sorted(set(cfg.keep_epochs))}
+    if cfg.keep_best:
+        kept["best"] = summary.get("kept_best_epoch")
+    files = {k: Path(run_dir) / SNAPSHOTS / f"{k}.pt" for k in kept}
+    found = {k: (p if p.exists() else None) for k, p in files.items()}
+    values = trace_hessian_of_weights(spec, inputs, found, probes=probes, examples=examples,
+                                      distribution=distribution, device=device)  # fmt: skip
+    return [json_safe({"snapshot": k, "epoch": kept[k], **values[k], "status": "ok" if found[k] else "missing"})
+            for k in kept]  # fmt: skip

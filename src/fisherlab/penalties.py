@@ -20,6 +20,7 @@ name         penalty                                                            
 ===========  =================================================================  =====
 ``none``     0                                                                  -
 ``fp``       alpha ||(1/B) sum_i g(x_i, yhat_i)||^2,  yhat_i ~ p(y|x_i)          Eq. 3
+             (``examples=m``: the mean over the first m examples only)          E
 ``fp_exact`` alpha ||g(x_1, yhat_1)||^2 (first example), every step             Eq. 6
 ``gp``       alpha ||(1/B) sum_i g(x_i, y_i)||^2 (true labels)                  Sec. 4
 ``gpx``      alpha ||d/dx (1/B) sum_i loss(x_i, y_i)||^2 (input gradient)       Sec. 4
@@ -191,13 +192,26 @@ class GradientNormPenalty(Regularizer):
 class FisherPenalty(GradientNormPenalty):
     """FP (Eq. 3): alpha * Tr(F_B) = alpha * || (1/B) sum_i g(x_i, yhat_i) ||^2, with
     yhat_i ~ p(y|x_i) sampled from the model and no gradient through the sampling.
-    ``every=1`` is the f = 1 variant of Fig. 16."""
+    ``every=1`` is the f = 1 variant of Fig. 16.
+
+    ``examples`` = m: the penalty is taken on the first m examples of the batch only,
+    alpha * || (1/m) sum_{i<=m} g(x_i, yhat_i) ||^2 (Supplement E, Fig. 20: "use the
+    first 128 examples when computing the penalty" of a 10x larger batch); the data
+    term still averages over the whole batch. None (or m >= B): the whole batch."""
 
     name = "fp"
 
+    def __init__(self, alpha: float, every: int = 10, start_epoch: int = 0, seed: int = 0,
+                 examples: int | None = None):  # fmt: skip
+        super().__init__(alpha, every, start_epoch, seed)
+        if examples is not None and (isinstance(examples, bool) or not isinstance(examples, int) or examples < 1):
+            raise ValueError(f"examples must be None or an integer >= 1, got {examples!r}")
+        self.examples = examples
+
     def penalised_gradient(self, model, params, x, y, logits, loss):
-        yhat = sample_labels(logits, self._rng.get(logits.device))
-        return _graph_grad(F.cross_entropy(logits, yhat), params), None
+        sub = logits if self.examples is None else logits[: self.examples]
+        yhat = sample_labels(sub, self._rng.get(logits.device))
+        return _graph_grad(F.cross_entropy(sub, yhat), params), None
 
 
 class FisherPenaltyExact(GradientNormPenalty):

@@ -17,9 +17,12 @@ from .trainer import TrainResult
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV; the columns are every key of any row (in order of appearance),
+    empty where a row lacks the key (e.g. a split not evaluated at that epoch)."""
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return buf.getvalue()

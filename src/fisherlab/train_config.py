@@ -43,20 +43,27 @@ class TrainConfig:
     init_weights: str | None = None  # a state_dict file loaded into the model once built (Sec. 5: phase 2)
     keep_epochs: list[int] = field(default_factory=list)  # weights kept at these epoch ends (0: init): snapshots/epoch<E>.pt
     keep_best: str | None = None  # keep the weights of the epoch with the best of this accuracy (Sec. 5: test_acc)
-    eval_batch_size: int = 1000
+    train_eval_examples: int = 5000  # per-epoch train loss/accuracy on this fixed subset (0: the whole split)
+    test_every_epoch: bool = False  # test split every epoch (else: at the best validation epoch and the last)
+    eval_batch_size: int | None = None  # None: 128 on the CPU, 1024 on a GPU (fisherlab.evaluation)
     divergence_check_every: int = 20  # steps between (device-syncing) finiteness checks
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
         positive = ("epochs", "batch_size", "lr", "fisher_examples", "fisher_chunk",
-                    "group_examples", "eval_batch_size", "divergence_check_every")  # fmt: skip
+                    "group_examples", "divergence_check_every")  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay", "fisher_every", "fisher_every_early", "bn_update_batches"):
+        for name in ("momentum", "weight_decay", "fisher_every", "fisher_every_early", "bn_update_batches",
+                     "train_eval_examples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.eval_batch_size is not None and not self.eval_batch_size > 0:
+            raise ValueError(f"TrainConfig.eval_batch_size must be > 0 or None, got {self.eval_batch_size!r}")
+        if self.test_every_epoch not in (True, False):
+            raise ValueError(f"TrainConfig.test_every_epoch must be true or false, got {self.test_every_epoch!r}")
         if self.epsilon is not None and not self.epsilon > 0:
             raise ValueError(f"TrainConfig.epsilon must be > 0 or None, got {self.epsilon!r}")
         if self.until not in ("end", "crossing"):
@@ -67,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.keep_epochs must be epochs >= 0, got {self.keep_epochs!r}")
         if self.keep_best not in (None, *KEEP_BEST):
             raise ValueError(f"TrainConfig.keep_best must be None or one of {KEEP_BEST}, got {self.keep_best!r}")
+        if self.keep_best == "test_acc" and not self.test_every_epoch:
+            raise ValueError("TrainConfig.keep_best='test_acc' needs test_every_epoch=True (the best of every epoch)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,12 +1,13 @@
 """One training loop for every experiment of the paper (Sections 3-4, Supplement I).
 
 SGD with momentum and weight decay, a multi-step lr schedule, any regularizer of
-:mod:`fisherlab.penalties`, evaluation each epoch (train, val and test loss and
-accuracy), and Tr(F), Tr(F_B) on a fixed, seeded set of N training examples every K
-steps (every K_early steps until the training loss first falls below epsilon: Tr(F_i),
-:mod:`fisherlab.measures`) and at the end of each epoch; with ``until="crossing"`` the
-run ends at that crossing. Seconds per epoch count training only: measurement
-and evaluation are timed apart.
+:mod:`fisherlab.penalties`, evaluation each epoch (loss and accuracy on the validation
+split, a fixed training subset, and the whole training and test splits where needed:
+:mod:`fisherlab.evaluation`), and Tr(F), Tr(F_B) on a fixed, seeded set of N training
+examples every K steps (every K_early steps until the training loss first falls below
+epsilon: Tr(F_i), :mod:`fisherlab.measures`) and at the end of each epoch; with
+``until="crossing"`` the run ends at that crossing. Seconds per epoch (``seconds``) count training only; the
+Tr(F) measurements and the evaluation of the epoch are timed apart (``eval_seconds``).
 
 With a ``checkpoint`` path the loop saves its whole state there at the end of each
 epoch (atomically) and, when started again, resumes from it; on the CPU a resumed run
@@ -24,15 +25,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batchnorm import recalibrated_batchnorm
 from .checkpoint import CheckpointMismatch, load_checkpoint, save_atomic, save_checkpoint
-from .curvature import eval_mode, trace_fisher, trace_fisher_batch
+from .curvature import trace_fisher, trace_fisher_batch
 from .data import DeviceData
+from .evaluation import Evaluator
 from .measures import best_epoch, crossed, crossing, max_trace_fisher
-from .memorization import group_metrics, group_samples
 from .models import build_model
 from .penalties import build_regularizer
 from .schedule import multistep_lr
@@ -80,6 +79,7 @@ class _State:
     crossed: bool = False  # the running training loss has been below epsilon (derived from curvature)
     checkpoint_events: list = field(default_factory=list)  # unusable checkpoints moved aside (fisherlab.checkpoint)
     best: dict | None = None  # keep_best: {"epoch", "value", "model"} of the best epoch so far
+    val_best: dict | None = None  # the best validation epoch's state for its test evaluation (fisherlab.evaluation)
 
 
 def train(
@@ -103,13 +103,13 @@ def train(
     with status ``preempted``; calling ``train`` again continues exactly there."""
     st = _restore(cfg, data, checkpoint, log)
     probe = _measurement_set(cfg, data.train)  # step -> the examples Tr(F) is measured on
-    samples = _group_samples(cfg, data)
+    evaluator = _evaluator(cfg, data)
     if not st.curvature:
         st.curvature.append(_measure(cfg, st, probe, [], []))
         _keep_epoch(cfg, st, snapshots)
     while st.status == "running" and st.epoch < cfg.epochs:
         _set_lr(st.optimizer, multistep_lr(cfg.lr, st.epoch, cfg.milestones, cfg.gamma))
-        seconds, losses = _train_epoch(cfg, st, data, probe, should_stop)
+        seconds, losses, measure_s = _train_epoch(cfg, st, data, probe, should_stop)
         if st.partial is not None:  # stopped within the epoch
             st.stops.append(st.step)
             if checkpoint is not None:
@@ -117,12 +117,15 @@ def train(
             log(f"stop requested: state saved at step {st.step} (epoch {st.epoch + 1}) to {checkpoint}")
             return TrainResult("preempted", st.metrics, st.curvature, summarize(cfg, st), st.model)
         if st.status == "running":
-            st.metrics.append(_epoch_row(cfg, st, data, seconds, losses, samples))
+            st.metrics.append(_epoch_row(cfg, st, evaluator, seconds, measure_s, losses))
             log(_format_row(st.metrics[-1]))
             _track_best(cfg, st)
         st.epoch += 1
         if st.status == "running" and (st.epoch == cfg.epochs or (cfg.until == "crossing" and st.crossed)):
             st.status = "ok"
+        if st.status != "running":  # the run ends: the test split at the best validation epoch
+            evaluator.finish(st.model, st.metrics, st.val_best)
+            st.val_best = None
         _keep_epoch(cfg, st, snapshots)
         if checkpoint is not None:
             save_checkpoint(_state_dict(cfg, st), checkpoint)
@@ -159,8 +162,9 @@ def _track_best(cfg: TrainConfig, st: _State) -> None:
 
 def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Callable[[int], Tensor], should_stop=None):
     """One pass over the training set (or the rest of it, after a stop); returns
-    (seconds, per-step losses). When ``should_stop()`` turns True it leaves the epoch's
-    position in ``st.partial`` and returns early."""
+    (training seconds, per-step losses, Tr(F) measurement seconds). When
+    ``should_stop()`` turns True it leaves the epoch's position in ``st.partial`` and
+    returns early."""
     model, device = st.model.train(), torch.device(cfg.device)
     part = st.partial or {"order": data.train.epoch_order(st.data_rng), "position": 0,
                           "losses": [], "window": [], "acc_window": [], "seconds": 0.0}  # fmt: skip
@@ -203,12 +207,13 @@ def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Callable[
             break
     _sync(device)
     seconds = time.perf_counter() - start - measure_s + part["seconds"]
+    measure_s += part.get("measure_seconds", 0.0)
     if st.partial is not None:
-        st.partial["seconds"] = seconds
-        return seconds, losses
+        st.partial.update(seconds=seconds, measure_seconds=measure_s)
+        return seconds, losses, measure_s
     if not _diverged(st, losses) and st.curvature[-1]["step"] != st.step:
-        _measure_into(cfg, st, probe, window, acc_window)
-    return seconds, losses
+        measure_s += _timed(device, lambda: _measure_into(cfg, st, probe, window, acc_window))
+    return seconds, losses, measure_s
 
 
 def _diverged(st: _State, losses: list[Tensor]) -> bool:
@@ -287,6 +292,7 @@ def _state_dict(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "stops": st.stops,
         "checkpoint_events": st.checkpoint_events,
         "best": st.best,
+        "val_best": st.val_best,
     }
 
 
@@ -327,6 +333,7 @@ def _restore_state(cfg: TrainConfig, data: TrainData, ckpt: dict) -> _State:
     st.partial, st.stops = ckpt.get("partial"), ckpt.get("stops", [])
     st.checkpoint_events = ckpt.get("checkpoint_events", [])
     st.best = ckpt.get("best")
+    st.val_best = ckpt.get("val_best")
     if st.partial is not None:
         st.partial["order"] = st.partial["order"].to(cfg.device)
     return st
@@ -348,47 +355,29 @@ def _measurement_set(cfg: TrainConfig, train: DeviceData) -> Callable[[int], Ten
     return lambda step: fixed
 
 
-def _group_samples(cfg: TrainConfig, data: TrainData) -> dict[str, tuple[Tensor, Tensor]]:
-    """Each group's fixed sample (seeded), normalised, never augmented."""
-    picks = group_samples(data.groups or {}, cfg.group_examples, cfg.seed + 4)
-    return {name: data.train.batch(idx) for name, idx in picks.items()}
+def _evaluator(cfg: TrainConfig, data: TrainData) -> Evaluator:
+    """The run's per-epoch evaluation (:mod:`fisherlab.evaluation`); a split whose
+    accuracy ``keep_best`` follows is evaluated whole at every epoch."""
+    return Evaluator(
+        data, train_examples=cfg.train_eval_examples, group_examples=cfg.group_examples,
+        batch_size=cfg.eval_batch_size, bn_update_batches=cfg.bn_update_batches, bn_batch_size=cfg.batch_size,
+        seed=cfg.seed, test_every_epoch=cfg.test_every_epoch or cfg.keep_best == "test_acc",
+        train_every_epoch=cfg.keep_best == "train_acc",
+    )  # fmt: skip
 
 
-@torch.no_grad()
-def predictions(model: nn.Module, split: DeviceData, batch_size: int = 1000) -> tuple[float, Tensor]:
-    """(mean cross-entropy, per-example correctness as a bool tensor) over a whole split,
-    in eval mode, no augmentation."""
-    loss, correct = 0.0, []
-    with eval_mode(model):
-        for x, y in split.eval_batches(batch_size):
-            logits = model(x)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct.append(logits.argmax(1) == y)
-    return loss / len(split), torch.cat(correct)
-
-
-def evaluate(model: nn.Module, split: DeviceData, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a whole split, in eval mode, no augmentation."""
-    loss, correct = predictions(model, split, batch_size)
-    return loss, correct.sum().item() / len(correct)
-
-
-def _epoch_row(cfg, st: _State, data: TrainData, seconds: float, losses: list[Tensor], samples) -> dict:
+def _epoch_row(cfg, st: _State, evaluator: Evaluator, seconds: float, measure_s: float, losses: list[Tensor]) -> dict:
+    """The epoch's metrics row: its evaluation, the mean training loss, the last Tr(F),
+    and the seconds of training (``seconds``) and of everything else (``eval_seconds``:
+    the epoch's Tr(F) measurements and its evaluation)."""
     t0 = time.perf_counter()
-    row = {"epoch": st.epoch + 1, "step": st.step, "lr": st.optimizer.param_groups[0]["lr"]}
-    seed = cfg.seed * 1_000_003 + st.epoch  # BN recalibration batches: not the training RNG
-    with recalibrated_batchnorm(st.model, data.train, cfg.bn_update_batches, cfg.batch_size, seed):
-        for name in ("train", "val", "test"):
-            split = getattr(data, name)
-            loss, correct = predictions(st.model, split, cfg.eval_batch_size) if split else (math.nan, None)
-            row[f"{name}_loss"] = loss
-            row[f"{name}_acc"] = correct.sum().item() / len(correct) if split else math.nan
-            if name == "train" and data.groups:
-                row.update(group_metrics(st.model, correct, data.groups, samples))
+    last = st.epoch + 1 == cfg.epochs or (cfg.until == "crossing" and st.crossed)
+    measured, st.val_best = evaluator.evaluate(st.model, st.epoch + 1, last=last, kept=st.val_best)
+    row = {"epoch": st.epoch + 1, "step": st.step, "lr": st.optimizer.param_groups[0]["lr"], **measured}
     row["train_loss_running"] = torch.stack(losses).mean().item()
     row["trace_fisher"] = st.curvature[-1]["trace_fisher"]
     row["seconds"] = seconds
-    row["eval_seconds"] = time.perf_counter() - t0
+    row["eval_seconds"] = time.perf_counter() - t0 + measure_s
     return row
 
 
@@ -404,12 +393,13 @@ def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "steps": st.step,
         **{f"final_{k}": last.get(k, math.nan) for k in
            ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss")},
-        **{f"final_{k}": v for k, v in last.items() if k.startswith("train_acc_")},
+        **{f"final_{k}": v for k, v in last.items() if k.startswith("train_acc_") and not k.endswith("_subset")},
         "best_epoch": best.get("epoch"),
         "best_val_acc": best.get("val_acc", math.nan),
         "test_acc_at_best_val": best.get("test_acc", math.nan),
-        "best_test_acc": best_epoch(st.metrics, "test_acc").get("test_acc", math.nan),  # max along the path (Figs. 2, 7)
-        "best_train_acc": best_epoch(st.metrics, "train_acc").get("train_acc", math.nan),  # (Figs. 8, 9)
+        "best_test_acc": _max_along_path(st.metrics, "test_acc"),  # Figs. 2, 7 (test_every_epoch)
+        "best_train_acc": _max_along_path(st.metrics, "train_acc"),  # Figs. 8, 9 (train_eval_examples: 0)
+        "best_train_acc_subset": _max_along_path(st.metrics, "train_acc_subset"),  # its estimate on the subset
         "max_trace_fisher": max_trace_fisher(st.curvature),
         "kept_best_epoch": st.best["epoch"] if st.best else None,  # keep_best: the epoch of snapshots/best.pt
         "kept_best_value": st.best["value"] if st.best else math.nan,  # and its keep_best accuracy
@@ -424,6 +414,13 @@ def summarize(cfg: TrainConfig, st: _State) -> dict[str, Any]:
         "seed": cfg.seed,
         "config": cfg.to_dict(),
     }  # fmt: skip
+
+
+def _max_along_path(metrics: list[dict], key: str) -> float:
+    """The maximum of ``key`` over the epochs, NaN unless it was measured at every epoch
+    (:mod:`fisherlab.evaluation` evaluates some splits only at some epochs)."""
+    values = [r.get(key, math.nan) for r in metrics]
+    return max(values) if values and all(math.isfinite(v) for v in values) else math.nan
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -445,8 +442,10 @@ def _timed(device: torch.device, fn: Callable[[], Any]) -> float:
 
 
 def _format_row(row: dict) -> str:
+    whole = "" if "train_acc" not in row else f"  whole train {row['train_acc']:.3f}"
+    test = "" if "test_acc" not in row else f"  test {row['test_acc']:.3f}"
     return (
-        f"epoch {row['epoch']:3d}  lr {row['lr']:.4g}  train {row['train_loss']:.4f}/"
-        f"{row['train_acc']:.3f}  val {row['val_acc']:.3f}  test {row['test_acc']:.3f}  "
-        f"Tr(F) {row['trace_fisher']:.4g}  {row['seconds']:.1f}s"
+        f"epoch {row['epoch']:3d}  lr {row['lr']:.4g}  train {row['train_loss_subset']:.4f}/"
+        f"{row['train_acc_subset']:.3f}{whole}  val {row.get('val_acc', math.nan):.3f}{test}  "
+        f"Tr(F) {row['trace_fisher']:.4g}  {row['seconds']:.1f}s + {row['eval_seconds']:.1f}s"
     )
