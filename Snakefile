@@ -16,6 +16,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/early_phase.smk"
+include: "workflow/rules/interventions.smk"
 
 
 rule all:
@@ -26,4 +28,7 @@ rule all:
         "results/hessian.csv",
         [f"results/{t}.{ext}" for t in NOISY_TABLES for ext in ("csv", "md")],
         [f"results/{fig}.png" for fig in NOISY_FIGURES],
+        ["results/early_phase.csv", "results/early_phase.md"] if sweeps.sweep_names(config) else [],
+        [f"results/{fig}.png" for fig in EARLY_FIGURES],
+        [f"results/{fig}.png" for fig in INTERVENTION_FIGURES],
     default_target: True

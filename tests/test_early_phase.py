@@ -32,6 +32,7 @@ def test_the_paper_sweeps():
     assert (cfg.lr, cfg.batch_size, cfg.seed, cfg.epochs, cfg.epsilon) == (0.007, 256, 31, 200, 1.2)
     assert (cfg.fisher_examples, cfg.fisher_every_early, cfg.fisher_every) == (5000, 20, 1000)
     assert (cfg.milestones, cfg.gamma, cfg.weight_decay, cfg.model) == ([60, 120, 170], 0.5, 1e-5, "resnet26")
+    assert cfg.test_every_epoch  # the best test accuracy along the path (Figs. 2, 7)
     assert fields | {"sweep": "resnet26_c10_lr", "axis": "lr", "value": 0.007, "epsilon": 1.2} == fields
     assert plan.run("sweeps/resnet26_c10_lr/lr0.007/seed31").data["augment"] == "flip"
     cfg, fields = plan.run("sweeps/resnet26_c100_bs/bs700/seed0").resolve()

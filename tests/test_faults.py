@@ -89,13 +89,13 @@ def test_a_prepared_file_with_the_wrong_shape_is_a_clear_error(tmp_path):
 
     def edit(c):
         c["data"]["local"] = {"broken": {"train": str(bad), "test": str(bad)}}
-        c["settings"]["demo_synthetic"]["dataset"] = "broken"
+        c["settings"]["demo_digits"]["dataset"] = "broken"
 
     cfg = overlay(tmp_path, edit)
-    target = "results/runs/demo_synthetic/lrgrid/lr0.03/seed0/summary.json"
+    target = "results/runs/demo_digits/lrgrid/lr0.03/seed0/summary.json"
     proc = snakemake("--configfile", cfg, "--cores", "1", target, cwd=tmp_path, check=False)
     assert proc.returncode != 0
-    log = (tmp_path / "results/runs/demo_synthetic/lrgrid/lr0.03/seed0/train.log").read_text()
+    log = (tmp_path / "results/runs/demo_digits/lrgrid/lr0.03/seed0/train.log").read_text()
     assert "DatasetFormatError" in log and "bad.npz" in log and "shape (N, H, W, C)" in log
     assert not (tmp_path / target).exists()
 

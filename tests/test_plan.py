@@ -174,11 +174,13 @@ def test_noisy_runs_resolve_over_their_base():
 
 def test_the_demo_plan():
     plan = build_plan(load("configs/demo.yaml"))
-    assert Counter(r.family for r in plan.runs.values()) == {"lr_search": 2, "fisher_penalty": 6, "noisy": 10,
-                                                            "sweeps": 8}  # fmt: skip
-    assert {r.fields["setting"] for r in plan.runs.values()} == {"demo_synthetic", "demo_noisy"}
+    # Table 1 with SAM (alpha and rho fixed: no grids), Table 3 (one-value grids, adopted),
+    # 2 x 2 sweep points x 2 seeds, Fig. 3 at E = 20, Fig. 6: 2 phase-1 models x 2 seeds
+    assert Counter(r.family for r in plan.runs.values()) == {"lr_search": 2, "fisher_penalty": 7, "noisy": 11,
+                                                            "sweeps": 8, "late_fp": 1, "two_phase": 6}  # fmt: skip
+    assert {r.fields["setting"] for r in plan.runs.values()} == {"demo_digits", "demo_noisy"}
     for r in plan.runs.values():
-        assert r.inputs["train"] == "results/data/synthetic/train.npz"
+        assert r.inputs["train"] == "results/data/digits/train.npz"
 
 
 def test_a_run_spec_survives_snakemakes_params():

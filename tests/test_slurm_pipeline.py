@@ -70,8 +70,8 @@ def test_a_job_at_its_time_limit_saves_its_state_and_the_retry_resumes_it(slurm_
         root.mkdir()
         slurm_workflow(root)
         cfg = yaml.safe_load((root / "configs/demo.yaml").read_text())
-        cfg["noisy"]["settings"]["demo_noisy"]["epochs"] = 25  # longer than the first time limit (1 min)
-        cfg["settings"]["demo_synthetic"]["resources"] = {"runtime": 1, "mem_mb": 2000}  # minutes; x2 per retry
+        cfg["noisy"]["settings"]["demo_noisy"]["epochs"] = 60  # longer than the first time limit (1 min)
+        cfg["settings"]["demo_digits"]["resources"] = {"runtime": 1, "mem_mb": 2000}  # minutes; x2 per retry
         cfg["slurm"] = {"signal_seconds": 45}  # SIGUSR1 45 s (SLURM: up to 60 s) before the limit
         (root / "overlay.yaml").write_text(yaml.safe_dump(cfg))
     # the reference runs here, on the other core, while the cluster runs the same target

@@ -11,7 +11,7 @@ from snakemake.utils import validate
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # this checkout's fisherlab (torch-free import)
-from fisherlab.plan import RUNS, SELECTIONS, build_plan, data_files, fisher_penalty, noisy, summaries  # noqa: E402
+from fisherlab.plan import RUNS, SELECTIONS, build_plan, data_files, fisher_penalty, noisy, summaries, sweeps  # noqa: E402
 
 PLAN = build_plan(config)  # every run and selection of every family, by id
 ADOPTED = [r.id for r in PLAN.adopted()]  # runs copied from a selected grid run
@@ -20,7 +20,7 @@ ADOPTED = [r.id for r in PLAN.adopted()]  # runs copied from a selected grid run
 wildcard_constraints:
     run=r"[a-z0-9_][a-z0-9_.+-]*(/[a-z0-9_.+-]+)*",
     selection=r"[a-z0-9_][a-z0-9_.+-]*(/[a-z0-9_.+-]+)*",
-    dataset="cifar10|cifar100|synthetic|tinyimagenet|imagenet",
+    dataset="cifar10|cifar100|synthetic|digits|tinyimagenet|imagenet",
     ndataset="[a-z0-9_]+",
     noise=r"[0-9.]+",
     seed=r"\d+",
@@ -59,10 +59,11 @@ def job_cost(attempt_scale=2):
     return runtime, mem_mb
 
 
-def _slurm_resources(gpus):
+def _slurm_resources(gpus, shared=False):
     """Account, partition (config, else SBATCH_ACCOUNT / SBATCH_PARTITION), the GPUs and
     the pre-time-out signal, as resources the SLURM plugin turns into sbatch flags; on one
-    machine they are ignored."""
+    machine they are ignored. ``shared``: the GPUs as the string resource gres, which a
+    group job keeps as it is instead of summing it over its jobs (several runs, one GPU)."""
     slurm = config["slurm"]
     out = {}
     account = slurm["account"] or os.environ.get("SBATCH_ACCOUNT")
@@ -72,7 +73,10 @@ def _slurm_resources(gpus):
     if partition:
         out["slurm_partition"] = partition
     if gpus and slurm["gpus"]:
-        out["gpu"] = slurm["gpus"]
+        if shared:
+            out["gres"] = f"gpu:{slurm['gpus']}"
+        else:
+            out["gpu"] = slurm["gpus"]
     if gpus and slurm["signal_seconds"]:
         out["slurm_extra"] = f"'--signal=USR1@{slurm['signal_seconds']}'"
     return out
@@ -89,4 +93,15 @@ if os.environ.get("SLURM_STEP_ID", "").isdigit():
 
 
 SLURM_GPU = _slurm_resources(gpus=True)  # training and measurement jobs (the rest are localrules)
+# Several training runs on one GPU (slurm.runs_per_gpu > 1): the runs that read nothing
+# other runs make (sweeps, lr grids, ...) join the job group gpu_share, and Snakemake's job
+# grouping puts that many of them into one SLURM job when it is told how many
+# (--group-components gpu_share=N: the slurm profile says 4). Runs downstream of a
+# selection stay alone: a group spanning both would wait on itself.
+SHARE_GPU = config["slurm"]["runs_per_gpu"] > 1
+SLURM_TRAIN = _slurm_resources(gpus=True, shared=SHARE_GPU)
+
+
+def gpu_share(wc):
+    return "gpu_share" if SHARE_GPU and PLAN.run(wc.run).independent() else None
 RUN_RUNTIME, RUN_MEM = job_cost(2)

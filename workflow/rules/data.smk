@@ -5,6 +5,7 @@ localrules:
     prepare_cifar,
     prepare_tinyimagenet,
     prepare_synthetic,
+    prepare_digits,
     noisy_labels,
 
 
@@ -75,6 +76,21 @@ rule prepare_synthetic:
         "../../envs/fisherlab.yaml"
     script:
         "../scripts/prepare_synthetic.py"
+
+
+rule prepare_digits:
+    # scikit-learn's bundled 8x8 handwritten digits (offline), upsampled (fisherlab.data.digits)
+    output:
+        train=f"{config['data']['root']}/digits/train.npz",
+        test=f"{config['data']['root']}/digits/test.npz",
+    params:
+        **config["data"]["digits"],
+    log:
+        "results/logs/prepare/digits.log",
+    conda:
+        "../../envs/fisherlab.yaml"
+    script:
+        "../scripts/prepare_digits.py"
 
 
 rule noisy_labels:

@@ -25,10 +25,11 @@ rule train:
     benchmark:
         f"{RUNS}/{{run}}/benchmark.tsv"
     threads: config["threads"]
+    group: gpu_share
     resources:
         runtime=RUN_RUNTIME,
         mem_mb=RUN_MEM,
-        **SLURM_GPU,
+        **SLURM_TRAIN,
     conda:
         "../../envs/fisherlab.yaml"
     script:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import fisher_penalty, noisy  # noqa: F401  (each module registers its family)
+from . import fisher_penalty, interventions, noisy, sweeps  # noqa: F401  (each module registers its family)
 from .core import (
     CHECKPOINTS,
     FAMILIES,
@@ -123,11 +123,16 @@ def build_plan(config: Mapping[str, Any], families: Iterable[str] | None = None)
             _add(plan.runs, run.id, run, "run")
         for sel in part.selections:
             _add(plan.selections, sel.id, sel, "selection")
+    _check_inputs(plan)
+    return plan
+
+
+def _check_inputs(plan: Plan) -> None:
+    """Every selection a run reads is one the plan makes."""
     for run in plan.runs.values():
         for name, path in run.inputs.items():
             if path.startswith(SELECTIONS + "/") and path.removeprefix(SELECTIONS + "/").removesuffix(".json") not in plan.selections:
                 raise PlanError(f"run {run.id}: its input {name!r} ({path}) is no selection of the plan")
-    return plan
 
 
 def _add(table: dict, key: str, item: Any, what: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .core import FamilyPlan, PlanError, RunSpec, SelectionSpec, fmt
 
-BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic", "tinyimagenet", "imagenet")
+BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic", "digits", "tinyimagenet", "imagenet")
 
 #: A setting's keys that are TrainConfig fields (the recipe of every run of it).
 RECIPE_KEYS = ("model", "model_kwargs", "epochs", "batch_size", "momentum", "weight_decay", "milestones",

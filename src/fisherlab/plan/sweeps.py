@@ -78,7 +78,8 @@ def sweeps(config: Mapping[str, Any]) -> FamilyPlan:
         sw = config["sweeps"]["settings"][name]
         key, values = axis(sw)
         train = {k: sw[k] for k in OVERRIDES if sw[k] is not None}
-        train.update(until=sw["until"], fisher_resample=sw["fisher_resample"])
+        # Figs. 2, 7: the best test accuracy along the path needs the test split every epoch
+        train.update(until=sw["until"], fisher_resample=sw["fisher_resample"], test_every_epoch=True)
         if sw["batch_size"] is not None and key == "lr":
             train["batch_size"] = sw["batch_size"]
         for value in values:

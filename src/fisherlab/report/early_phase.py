@@ -204,6 +204,9 @@ def fig_tr_fi(table: pd.DataFrame, sweeps: Sequence[str], metric: str, path: str
             ax.errorbar(r["trace_fisher_i"], r[metric], xerr=_nan0(r["trace_fisher_i_sem"]),
                         yerr=_nan0(r[f"{metric}_sem"]), fmt="o", color=color, capsize=3,
                         label=f"{'lr' if r['axis'] == 'lr' else 'batch'} {r['value']:g}")  # fmt: skip
+        if not (t["trace_fisher_i"].notna() & t[metric].notna()).any():  # say so, not an empty panel
+            ax.text(0.5, 0.5, "no run with both Tr(F_i) and this accuracy", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
         rho = t["spearman"].iloc[0] if "spearman" in t and metric == "best_test_acc" else math.nan
         title = (titles or {}).get(sweep, sweep) + (f"\nSpearman ρ = {rho:.2f}" if math.isfinite(rho) else "")
         ax.set(xlabel="Tr(F_i)", ylabel=label, title=title)

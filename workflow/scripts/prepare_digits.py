@@ -1,0 +1,13 @@
+"""Adapter: scikit-learn's bundled digits in the canonical format."""
+
+import sys
+from pathlib import Path
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821  (this checkout's fisherlab)
+
+from fisherlab.data.digits import prepare_digits  # noqa: E402
+
+sm = snakemake  # noqa: F821
+p = sm.params
+print(prepare_digits(Path(sm.output.train).parent, n_test=p.n_test, seed=p.seed, factor=p.factor))
