@@ -62,6 +62,10 @@ def test_a_planned_run_and_its_hessian_job(tmp_path, dataset, model, kwargs):
     h = trace_hessian_of_run(spec, inputs, out / "model.pt", out / "summary.json", probes=2, examples=4,
                              device="cpu")  # fmt: skip
     assert h["status"] == "ok" and math.isfinite(h["trace_hessian"]) and h["examples"] == 4
+    if model == "simple_cnn":  # the config's hessian.method: Hutch++ with the same budget
+        pp = trace_hessian_of_run(spec, inputs, out / "model.pt", out / "summary.json", probes=6, examples=4,
+                                  method="hutchpp", device="cpu")  # fmt: skip
+        assert pp["method"] == "hutchpp" and math.isfinite(pp["trace_hessian"]) and pp["trace_hessian"] != h["trace_hessian"]
     if kwargs:  # the bug this guards against: a model rebuilt without the setting's model_kwargs
         with pytest.raises(RuntimeError):
             build_model(model, num_classes=4).load_state_dict(torch.load(out / "model.pt"))

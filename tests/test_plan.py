@@ -283,6 +283,7 @@ def test_the_schema_defaults_are_the_librarys():
     hessian = schema_defaults(["properties", "hessian"])
     params = inspect.signature(trace_hessian).parameters
     assert hessian["queries"] == params["num_probes"].default and hessian["probes"] == params["distribution"].default
+    assert hessian["method"] == params["method"].default
 
 
 def test_one_config_line_adds_sam_to_tables_1_and_3():

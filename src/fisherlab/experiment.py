@@ -155,6 +155,7 @@ def trace_hessian_of_weights(
     probes: int = 30,
     examples: int = 1000,
     distribution: str = "rademacher",
+    method: str = "hutchinson",
     device: str = "auto",
 ) -> dict[str, dict[str, Any]]:
     """Tr(H) (Hutchinson, Supplement B) of each weights file of a planned run (label ->
@@ -177,9 +178,10 @@ def trace_hessian_of_weights(
         est, err = float("nan"), float("nan")
         if path is not None:
             model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-            est, err = trace_hessian(model, x, y, num_probes=probes, generator=0, distribution=distribution)
+            est, err = trace_hessian(model, x, y, num_probes=probes, generator=0, distribution=distribution,
+                                     method=method)  # fmt: skip
         out[label] = {"trace_hessian": est, "stderr": err, "probes": probes, "examples": n,
-                      "distribution": distribution}  # fmt: skip
+                      "distribution": distribution, "method": method}  # fmt: skip
     return out
 
 
@@ -192,6 +194,7 @@ def trace_hessian_of_run(
     probes: int = 30,
     examples: int = 1000,
     distribution: str = "rademacher",
+    method: str = "hutchinson",
     device: str = "auto",
 ) -> dict[str, Any]:
     """Tr(H) of a finished run's weights ``model_path`` (:func:`trace_hessian_of_weights`).
@@ -199,7 +202,8 @@ def trace_hessian_of_run(
     summary = json.loads(Path(summary_path).read_text())
     ok = summary["status"] == "ok"
     out = trace_hessian_of_weights(spec, inputs, {"final": model_path if ok else None}, probes=probes,
-                                   examples=examples, distribution=distribution, device=device)["final"]  # fmt: skip
+                                   examples=examples, distribution=distribution, method=method,
+                                   device=device)["final"]  # fmt: skip
     return json_safe({**out, "status": summary["status"]})
 
 
@@ -211,6 +215,7 @@ def trace_hessian_of_snapshots(
     probes: int = 30,
     examples: int = 1000,
     distribution: str = "rademacher",
+    method: str = "hutchinson",
     device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Tr(H) along training (Section 5, Supplement I.4, Fig. 14): one row per weights
@@ -227,6 +232,6 @@ def trace_hessian_of_snapshots(
     files = {k: Path(run_dir) / SNAPSHOTS / f"{k}.pt" for k in kept}
     found = {k: (p if p.exists() else None) for k, p in files.items()}
     values = trace_hessian_of_weights(spec, inputs, found, probes=probes, examples=examples,
-                                      distribution=distribution, device=device)  # fmt: skip
+                                      distribution=distribution, method=method, device=device)  # fmt: skip
     return [json_safe({"snapshot": k, "epoch": kept[k], **values[k], "status": "ok" if found[k] else "missing"})
             for k in kept]  # fmt: skip

@@ -18,6 +18,6 @@ torch.set_num_threads(sm.threads)
 h = sm.params.hessian
 out = trace_hessian_of_run(RunSpec.from_dict(sm.params.spec), dict(sm.input.items()), sm.input.model,
                            sm.input.summary, probes=h["queries"], examples=h["examples"],
-                           distribution=h["probes"], device=sm.params.device)  # fmt: skip
+                           distribution=h["probes"], method=h["method"], device=sm.params.device)  # fmt: skip
 print(out)
 write_text_atomic(sm.output[0], json.dumps(out, indent=2) + "\n")

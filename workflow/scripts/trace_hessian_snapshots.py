@@ -18,7 +18,7 @@ torch.set_num_threads(sm.threads)
 h = sm.params.hessian
 rows = trace_hessian_of_snapshots(RunSpec.from_dict(sm.params.spec), dict(sm.input.items()),
                                   Path(sm.input.summary).parent, probes=h["queries"], examples=h["examples"],
-                                  distribution=h["probes"], device=sm.params.device)  # fmt: skip
+                                  distribution=h["probes"], method=h["method"], device=sm.params.device)  # fmt: skip
 table = pd.DataFrame(rows)
 print(table)
 write_text_atomic(sm.output[0], table.to_csv(index=False))
