@@ -300,3 +300,15 @@ def test_one_config_line_adds_sam_to_tables_1_and_3():
     noisy = sam.select("noisy", role="sam", stage="grid")
     assert len(noisy) == 6 * len(PAPER["noisy"]["fractions"]) * len(PAPER["noisy"]["settings"])
     assert sam.run("vgg11_c100_noisy/noise0.5/sam/selected/seed0").adopt == "choice"
+
+
+def test_every_setting_key_that_is_a_train_config_field_reaches_the_runs():
+    from fisherlab.plan.settings import RECIPE_KEYS
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())["$defs"]["setting"]["properties"]
+    fields = set(TrainConfig().to_dict())
+    assert {k for k in schema if k in fields} <= set(RECIPE_KEYS) | {"epsilon"}
+    cfg = copy.deepcopy(PAPER)
+    cfg["settings"]["simplecnn_c10"].update(fisher_every_early=7, train_eval_examples=300)
+    spec, _ = build_plan(cfg).run("simplecnn_c10/final/fp/seed0").resolve(fake_reader({"lr": 0.1, "alpha": 0.01}))
+    assert (spec.fisher_every_early, spec.train_eval_examples) == (7, 300)
