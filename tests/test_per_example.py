@@ -53,6 +53,7 @@ def test_every_conv_method_matches_per_example_autograd(geometry):
     bias = pe._conv_bias_sq_norms(m, d)
     scattered = pe._shifted_delta_sq_norms(m, a, d, {}) + bias
     torch.testing.assert_close(scattered, ref, rtol=1e-10, atol=0)
+    torch.testing.assert_close(pe._pixel_gram_sq_norms(m, a, d) + bias, ref, rtol=1e-10, atol=0)
     cache = {}
     for _ in range(2):  # the cached scatter buffer is reused, its zeros intact
         torch.testing.assert_close(pe._shifted_delta_sq_norms(m, a, d, cache) + bias, ref, rtol=1e-10, atol=0)
@@ -92,3 +93,31 @@ def test_forced_materialise_matches_brute_force_for_a_strided_few_output_conv():
         ref.append(sum(p.grad.pow(2).sum() for p in model.parameters()))
     got = pe.per_example_grad_sq_norms(model, x, y, strategy="materialise")
     torch.testing.assert_close(got, torch.stack(ref), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("groups, cin, cout, k, s, p", [(2, 4, 6, 3, 1, 1), (6, 6, 6, (2, 3), (1, 2), (1, 0)),
+                                                      (3, 6, 9, 3, 2, 2)])  # fmt: skip
+def test_grouped_convolutions_every_method(groups, cin, cout, k, s, p):
+    gen = torch.Generator().manual_seed(groups)
+    m = nn.Conv2d(cin, cout, k, s, p, groups=groups).double()
+    with torch.no_grad():
+        for prm in m.parameters():
+            prm.copy_(torch.randn(prm.shape, generator=gen, dtype=torch.float64))
+    a = torch.randn(4, cin, 7, 6, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        d = torch.randn(m(a).shape, generator=gen, dtype=torch.float64)
+    ref = per_example_reference(m, a, d)
+    torch.testing.assert_close(pe._pixel_gram_sq_norms(m, a, d) + pe._conv_bias_sq_norms(m, d), ref, rtol=1e-10, atol=0)
+    for strategy in ("ghost", "materialise", "auto"):
+        torch.testing.assert_close(pe._conv2d_sq_norms(m, a, d, strategy, {}), ref, rtol=1e-10, atol=0)
+
+
+def test_the_pixel_gram_in_chunks(monkeypatch):
+    """Examples processed a few at a time when the Gram matrices would be large."""
+    monkeypatch.setattr(pe, "_PIXEL_GRAM_ELEMS", 3 * 100**2)  # 3 examples of a padded 10x10 map at once
+    gen = torch.Generator().manual_seed(1)
+    m = nn.Conv2d(5, 4, 3, 1, 1).double()
+    a = torch.randn(8, 5, 8, 8, generator=gen, dtype=torch.float64)
+    d = torch.randn(8, 4, 8, 8, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(pe._pixel_gram_sq_norms(m, a, d) + pe._conv_bias_sq_norms(m, d),
+                               per_example_reference(m, a, d), rtol=1e-10, atol=0)  # fmt: skip
