@@ -3,6 +3,7 @@ the trainer's dense-then-sparse cadence and ``until="crossing"``."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
@@ -70,6 +71,7 @@ def test_best_epoch_is_the_first_best_validation_epoch():
 # --------------------------------------------------------------------- in the trainer
 
 
+@functools.cache  # the same run serves several tests (read only)
 def small_run(**overrides):
     from fisherlab import TrainConfig, TrainData, train
     from fisherlab.data import DeviceData, make_synthetic
@@ -92,6 +94,29 @@ def test_the_cadence_is_dense_until_the_crossing_then_sparse():
     assert late and all(s % 10 == 0 for s in late)
     assert result.summary["trace_fisher_i"] == pytest.approx(c.trace_fisher_i)
     assert result.summary["crossing_step"] == pytest.approx(c.step)
+
+
+def test_without_epoch_end_measurements_only_the_cadence_measures():
+    """fisher_epoch_end=False (the Section 3 sweeps, 5,000 examples): Tr(F) every K steps
+    and at initialisation, none at the epoch ends (10 steps an epoch here), the same
+    values at the same steps, and an epoch's Tr(F) cell empty unless measured at its end."""
+    from fisherlab import TrainConfig, TrainData, train
+    from fisherlab.data import DeviceData, make_synthetic
+
+    data = TrainData(DeviceData(make_synthetic(320, seed=0, split="train")),
+                     DeviceData(make_synthetic(64, seed=0, split="val")))  # fmt: skip
+    runs = {end: train(TrainConfig(epochs=2, batch_size=32, lr=0.05, fisher_examples=32, fisher_every=7,
+                                   fisher_epoch_end=end), data) for end in (True, False)}  # fmt: skip
+    sparse = {r["step"]: r["trace_fisher"] for r in runs[False].curvature}
+    dense = {r["step"]: r["trace_fisher"] for r in runs[True].curvature}
+    assert sorted(sparse) == [0, 7, 14]
+    assert sorted(dense) == [0, 7, 10, 14, 20]
+    assert all(sparse[s] == pytest.approx(dense[s], rel=1e-6) for s in sparse)
+    assert all(math.isnan(m["trace_fisher"]) for m in runs[False].metrics)
+    assert [m["trace_fisher"] for m in runs[True].metrics] == pytest.approx([dense[s] for s in (10, 20)])
+    assert runs[False].summary["max_trace_fisher"] == pytest.approx(max(v for s, v in sparse.items() if s >= 10))
+    with pytest.raises(ValueError, match="fisher_every > 0"):
+        TrainConfig(fisher_every=0, fisher_epoch_end=False)
 
 
 def test_until_crossing_stops_right_after_the_crossing():

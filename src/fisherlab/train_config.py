@@ -33,6 +33,7 @@ class TrainConfig:
     fisher_examples: int = 128  # N: fixed training examples for Tr(F) and Tr(F_B) (I.2: the batch size)
     fisher_every: int = 100  # K: measure every K steps (0: at the end of each epoch only)
     fisher_every_early: int = 0  # K before the loss first falls below epsilon (0: K); Tr(F_i) (Sec. 3)
+    fisher_epoch_end: bool = True  # also measure at the end of each epoch (off: the cadence alone, Sec. 3 sweeps)
     epsilon: float | None = None  # training-loss threshold of Tr(F_i) (Sec. 3; I.1: 1.2 CIFAR-10, 3.5 CIFAR-100)
     until: str = "end"  # "end": train all epochs; "crossing": stop once the loss is below epsilon
     fisher_resample: bool = False  # draw the N examples afresh at each measurement (Supplement D), else fixed
@@ -64,6 +65,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.eval_batch_size must be > 0 or None, got {self.eval_batch_size!r}")
         if self.test_every_epoch not in (True, False):
             raise ValueError(f"TrainConfig.test_every_epoch must be true or false, got {self.test_every_epoch!r}")
+        if self.fisher_epoch_end not in (True, False):
+            raise ValueError(f"TrainConfig.fisher_epoch_end must be true or false, got {self.fisher_epoch_end!r}")
+        if not self.fisher_epoch_end and not self.fisher_every:
+            raise ValueError("TrainConfig.fisher_epoch_end=False needs fisher_every > 0 (else Tr(F) is never measured)")
         if self.epsilon is not None and not self.epsilon > 0:
             raise ValueError(f"TrainConfig.epsilon must be > 0 or None, got {self.epsilon!r}")
         if self.until not in ("end", "crossing"):

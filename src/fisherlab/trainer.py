@@ -211,7 +211,7 @@ def _train_epoch(cfg: TrainConfig, st: _State, data: TrainData, probe: Callable[
     if st.partial is not None:
         st.partial.update(seconds=seconds, measure_seconds=measure_s)
         return seconds, losses, measure_s
-    if not _diverged(st, losses) and st.curvature[-1]["step"] != st.step:
+    if cfg.fisher_epoch_end and not _diverged(st, losses) and st.curvature[-1]["step"] != st.step:
         measure_s += _timed(device, lambda: _measure_into(cfg, st, probe, window, acc_window))
     return seconds, losses, measure_s
 
@@ -367,7 +367,7 @@ def _evaluator(cfg: TrainConfig, data: TrainData) -> Evaluator:
 
 
 def _epoch_row(cfg, st: _State, evaluator: Evaluator, seconds: float, measure_s: float, losses: list[Tensor]) -> dict:
-    """The epoch's metrics row: its evaluation, the mean training loss, the last Tr(F),
+    """The epoch's metrics row: its evaluation, the mean training loss, the Tr(F) at its end,
     and the seconds of training (``seconds``) and of everything else (``eval_seconds``:
     the epoch's Tr(F) measurements and its evaluation)."""
     t0 = time.perf_counter()
@@ -375,7 +375,8 @@ def _epoch_row(cfg, st: _State, evaluator: Evaluator, seconds: float, measure_s:
     measured, st.val_best = evaluator.evaluate(st.model, st.epoch + 1, last=last, kept=st.val_best)
     row = {"epoch": st.epoch + 1, "step": st.step, "lr": st.optimizer.param_groups[0]["lr"], **measured}
     row["train_loss_running"] = torch.stack(losses).mean().item()
-    row["trace_fisher"] = st.curvature[-1]["trace_fisher"]
+    at_end = st.curvature[-1]["step"] == st.step  # else measured mid-epoch only (fisher_epoch_end off)
+    row["trace_fisher"] = st.curvature[-1]["trace_fisher"] if at_end else math.nan
     row["seconds"] = seconds
     row["eval_seconds"] = time.perf_counter() - t0 + measure_s
     return row

@@ -14,7 +14,7 @@ BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic", "digits", "tinyimagenet"
 
 #: A setting's keys that are TrainConfig fields (the recipe of every run of it).
 RECIPE_KEYS = ("model", "model_kwargs", "epochs", "batch_size", "momentum", "weight_decay", "milestones",
-               "gamma", "fisher_examples", "fisher_every", "fisher_every_early", "bn_update_batches",
+               "gamma", "fisher_examples", "fisher_every", "fisher_every_early", "fisher_epoch_end", "bn_update_batches",
                "train_eval_examples")  # fmt: skip
 
 # First-attempt cost of a model (minutes per epoch of 50k 32x32 images on one GPU, with

@@ -16,7 +16,7 @@ from .core import FamilyPlan, PlanError, RunSpec, family, fmt
 from .settings import base_run, setting
 
 #: The keys of a sweep that override its recipe's TrainConfig fields when set.
-OVERRIDES = ("epochs", "epsilon", "fisher_examples", "fisher_every_early", "fisher_every")
+OVERRIDES = ("epochs", "epsilon", "fisher_examples", "fisher_every_early", "fisher_every", "fisher_epoch_end")
 
 
 def sweep_names(config: Mapping[str, Any]) -> list[str]:
