@@ -27,11 +27,20 @@ and the figures of the issue "fisherlab core" (--only P1 P2 P3):
       same on-device tensors
   SAM one SAM training step / one plain step (issue 15; not in the default --only)
 
+and issue 11's (--only SWEEP):
+
+  SWEEP  per ResNet-26 sweep of config.yaml (Section 3: Tr(F) and Tr(F_B) on 5,000
+         examples, dense until the crossing, then sparse): the Tr(F) measurements of a
+         whole run / its training (target < 0.15), from one measurement and one training
+         step timed on this machine and the run's count of measurements, for a crossing
+         at epoch 1, 3 and 10, with the config's fisher_epoch_end and with it on
+
 Usage: python benchmarks/curvature.py [--device cpu|cuda] [--threads 2] [--only E1 E2 E3]
        [--e1-scale 0.1] [--e1-before] [--e2-n 5000] [--e2-models ...] [--repeat 2]
        [--e3-n 128 5000] [--e3-images 50000] [--e3-models ...]
        python benchmarks/curvature.py --only P1 P2 P3 SAM [--n 512] [--no-references]
        [--models simple_cnn vgg11 wrn44_3 densenet40_12 ...] [--epoch-images 2560]
+       python benchmarks/curvature.py --only SWEEP [--sweep-n 512]
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.func import functional_call, grad, vmap
 
 from fisherlab import (TrainConfig, TrainData, build_model, build_regularizer, trace_fisher,
@@ -416,6 +426,73 @@ def e3(device, repeat, ns=(128, 5_000), images=50_000, models=PAPER_MODELS):
         p2(name, device, images)
 
 
+# ------------------------------------------------------------------ issue 11: SWEEP
+
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "config.yaml")
+TRAIN_IMAGES = 45_000  # CIFAR's 50,000 less the 5,000 of the validation split
+
+
+def measurements(epochs, steps_per_epoch, every_early, every, epoch_end, crossing_epoch):
+    """How many times a run measures Tr(F): at initialisation, every ``every_early`` steps
+    until the crossing, then every ``every`` steps, and at each epoch's end unless a
+    measurement fell on it (the trainer's cadence, fisherlab.trainer)."""
+    steps = {0}
+    cross = round(crossing_epoch * steps_per_epoch)
+    for step in range(1, epochs * steps_per_epoch + 1):
+        k = every_early if every_early and step <= cross else every
+        if (k and step % k == 0) or (epoch_end and step % steps_per_epoch == 0):
+            steps.add(step)
+    return len(steps)
+
+
+def sweep_share(device, n, repeat, crossing_epochs=(1, 3, 10)):
+    """SWEEP: one measurement (Tr(F) and Tr(F_B), batch B) on ``n`` examples, scaled
+    linearly to the sweep's N (both are sums over chunks), and one training step at batch
+    B (SGD with momentum, train mode), each the minimum of ``repeat`` timed runs; the share
+    is count x measurement / (steps x step)."""
+    config = yaml.safe_load(open(CONFIG))
+    print(f"SWEEP (target < 0.15): Tr(F) measurements of a ResNet-26 sweep run / its training; {load()}")
+    for name, sw in config["sweeps"]["settings"].items():
+        recipe = config["settings"][sw["recipe"]]
+        if recipe["model"] != "resnet26":
+            continue
+        classes = 100 if recipe["dataset"] == "cifar100" else 10
+        model = build_model("resnet26", classes).to(device)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        sizes = sw["batch_size"] if isinstance(sw["batch_size"], list) else [sw["batch_size"] or recipe["batch_size"]]
+        big_n = sw.get("fisher_examples") or recipe["fisher_examples"]
+        epochs = sw.get("epochs") or recipe["epochs"]
+        end = sw.get("fisher_epoch_end", recipe.get("fisher_epoch_end", True))
+        for b in sizes:
+            x = torch.randn(max(b, n), 3, 32, 32, device=device)
+            y = torch.randint(0, classes, (len(x),), device=device)
+
+            def step():
+                model.train()
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x[:b]), y[:b]).backward()
+                opt.step()
+
+            def measure():
+                model.eval()
+                trace_fisher(model, x[:n], generator=0)
+                trace_fisher_batch(model, x[:n], batch_size=b, generator=0)
+
+            t_step, t_meas = best_time(step, device, repeat), best_time(measure, device, repeat) * big_n / n
+            spe = math.ceil(TRAIN_IMAGES / b)
+            shares = []
+            for ce in crossing_epochs:
+                runs = {on: measurements(epochs, spe, sw["fisher_every_early"], sw["fisher_every"], on, ce)
+                        for on in (end, True)}  # fmt: skip
+                share = {on: m * t_meas / (epochs * spe * t_step) for on, m in runs.items()}
+                text = f"crossing at epoch {ce}: {runs[end]} measurements {share[end]:.3f}"
+                if not end:
+                    text += f" (with epoch ends: {runs[True]}, {share[True]:.3f})"
+                shares.append(text)
+            print(f"  {name} batch {b}: step {t_step:.3f} s, measurement on {big_n} {t_meas:.2f} s "
+                  f"(timed on {n}); " + "; ".join(shares))  # fmt: skip
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -437,6 +514,7 @@ def main():
     ap.add_argument("--e3-models", nargs="+", default=PAPER_MODELS)
     ap.add_argument("--no-references", action="store_true",
                     help="P1: time trace_fisher only (skip the naive loop, vmap and BackPACK)")
+    ap.add_argument("--sweep-n", type=int, default=512, help="SWEEP: examples a measurement is timed on")
     ap.add_argument("--fp-epoch-50k", action="store_true",
                     help="also time one SimpleCNN FP epoch on 50,000 synthetic images")
     args = ap.parse_args()
@@ -451,6 +529,8 @@ def main():
         e2(args.e2_models, device, args.e2_n, args.repeat)
     if "E3" in args.only:
         e3(device, args.repeat, args.e3_n, args.e3_images, args.e3_models)
+    if "SWEEP" in args.only:
+        sweep_share(device, args.sweep_n, args.repeat)
     for name in args.models if {"P1", "P2", "P3", "SAM"} & set(args.only) else []:
         if "P1" in args.only:
             p1(name, device, args.n, references=not args.no_references)
