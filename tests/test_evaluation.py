@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trainer import CrashingData, Interrupted
 from torch import nn
 
 from fisherlab import TrainConfig, TrainData, train
@@ -224,23 +225,6 @@ def test_groups_on_the_subset_and_whole(data, bnnet):
         assert f"train_acc_{g}" not in result.metrics[0] and f"train_acc_{g}_subset" in result.metrics[0]
         assert result.summary[f"final_train_acc_{g}"] == last[f"train_acc_{g}"]
     assert not any(k.endswith("_subset") for k in result.summary if k.startswith("final_"))
-
-
-class Interrupted(Exception):
-    pass
-
-
-class CrashingData(DeviceData):
-    def __init__(self, src: DeviceData, crash_after: int):
-        self.__dict__.update(src.__dict__)
-        self.left = crash_after
-
-    def batches(self, *args, **kwargs):
-        for batch in super().batches(*args, **kwargs):
-            if self.left == 0:
-                raise Interrupted
-            self.left -= 1
-            yield batch
 
 
 def test_resume_keeps_the_kept_state(tmp_path, data, bnnet):

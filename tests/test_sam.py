@@ -16,13 +16,18 @@ import math
 
 import pytest
 import torch
+from test_trainer import CrashingData, Interrupted
 from torch import nn
 from torch.func import functional_call
 
 from fisherlab import TrainConfig, TrainData, train
 from fisherlab.data import DeviceData, make_synthetic
 from fisherlab.models import MODELS, register
-from fisherlab.penalties import REGULARIZERS, SharpnessAwareMinimization, build_regularizer
+from fisherlab.penalties import (
+    REGULARIZERS,
+    SharpnessAwareMinimization,
+    build_regularizer,
+)
 
 DT = torch.float64
 C = 4
@@ -291,25 +296,6 @@ def without_timing(rows):
          if k not in {"seconds", "eval_seconds"}}
         for r in rows
     ]  # fmt: skip
-
-
-class Interrupted(Exception):
-    pass
-
-
-class CrashingData(DeviceData):
-    """A training split whose iterator raises after ``crash_after`` batches in total."""
-
-    def __init__(self, src: DeviceData, crash_after: int):
-        self.__dict__.update(src.__dict__)
-        self.left = crash_after
-
-    def batches(self, *args, **kwargs):
-        for batch in super().batches(*args, **kwargs):
-            if self.left == 0:
-                raise Interrupted
-            self.left -= 1
-            yield batch
 
 
 def assert_same_run(a, b):
