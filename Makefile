@@ -20,5 +20,5 @@ test: $(STAMP)  ## the whole test suite (what CI runs)
 test-fast: $(STAMP)  ## the fast tests only
 	$(VENV)/bin/python -m pytest -m "not slow"
 
-bench: $(STAMP)  ## speed ratios E1, E2 (and E3 with BENCH_ARGS="--device cuda"): benchmarks/curvature.py
+bench: $(STAMP)  ## speed ratios E1, E2 (E3 with BENCH_ARGS="--device cuda", SWEEP with BENCH_ARGS="--only SWEEP"): benchmarks/curvature.py
 	$(VENV)/bin/python benchmarks/curvature.py $(BENCH_ARGS)

@@ -44,6 +44,7 @@ def tiny_config(dataset, model, kwargs):
                  "noisy": {"settings": {}, "figures": {"fig5": None, "fig11": None, "fig12": None}}})  # fmt: skip
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 @pytest.mark.parametrize("model, kwargs", FAMILIES, ids=[m for m, _ in FAMILIES])
 def test_a_planned_run_and_its_hessian_job(tmp_path, dataset, model, kwargs):
     torch.set_num_threads(1)

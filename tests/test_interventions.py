@@ -221,6 +221,7 @@ def test_null_figure_blocks_validate_and_a_bad_block_is_a_schema_error():
     assert "None is not of type 'number'" in str(err.value.args)
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_dry_run_of_the_figures_on_the_paper_config():
     """Each figure's target resolves on the paper config; the jobs it adds, rule by rule."""
     plan = build_plan(PAPER)

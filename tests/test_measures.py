@@ -82,6 +82,7 @@ def small_run(**overrides):
     return train(cfg, data)
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_the_cadence_is_dense_until_the_crossing_then_sparse():
     result = small_run(fisher_every_early=2, epsilon=2.0)
     steps = [r["step"] for r in result.curvature]
@@ -96,6 +97,7 @@ def test_the_cadence_is_dense_until_the_crossing_then_sparse():
     assert result.summary["crossing_step"] == pytest.approx(c.step)
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_without_epoch_end_measurements_only_the_cadence_measures():
     """fisher_epoch_end=False (the Section 3 sweeps, 5,000 examples): Tr(F) every K steps
     and at initialisation, none at the epoch ends (10 steps an epoch here), the same
@@ -119,6 +121,7 @@ def test_without_epoch_end_measurements_only_the_cadence_measures():
         TrainConfig(fisher_every=0, fisher_epoch_end=False)
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_until_crossing_stops_right_after_the_crossing():
     full = small_run(fisher_every_early=2, epsilon=2.0)
     short = small_run(fisher_every_early=2, epsilon=2.0, until="crossing")

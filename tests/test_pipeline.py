@@ -45,6 +45,7 @@ def paper_config() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_dry_run_of_the_paper_config():
     """The DAG of the paper's config lists exactly the plan's runs and selections (what
     each family holds is tested fast, per family, in test_plan.py and its neighbours)."""
@@ -74,6 +75,7 @@ def test_dry_run_of_the_paper_config():
     assert seconds < 120  # the target (time per job) is reported in the README, not timed here
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_a_fixed_lr_star_and_alpha_skip_the_searches(tmp_path):
     cfg = paper_config()
     for s in cfg["settings"].values():
@@ -97,6 +99,7 @@ def test_a_fixed_lr_star_and_alpha_skip_the_searches(tmp_path):
     assert counts["adopt"] == regs
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_runs_per_gpu_groups_training_runs_into_one_slurm_job(tmp_path):
     """slurm.runs_per_gpu: Snakemake's job grouping puts N independent training runs into
     one SLURM job that asks for the GPU once (gres, kept by a group job) instead of N."""
@@ -171,6 +174,7 @@ def test_invalid_configs_are_schema_errors(name):
         validate(cfg, SCHEMA)
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 @pytest.mark.parametrize("name", ["unknown model", "unknown setting key (typo)"])
 def test_the_snakefile_refuses_invalid_configs_before_any_job(tmp_path, name):
     cfg = copy.deepcopy(valid())
@@ -183,6 +187,7 @@ def test_the_snakefile_refuses_invalid_configs_before_any_job(tmp_path, name):
     assert re.search("(?i)validat", out) and "Job stats" not in out
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_an_unknown_dataset_is_refused_before_any_job(tmp_path):
     cfg = copy.deepcopy(valid())
     setting(cfg)["dataset"] = "mnist"
@@ -201,6 +206,7 @@ def test_an_unknown_dataset_is_refused_before_any_job(tmp_path):
         (lambda c: c["noisy"]["figures"].update(noise=0.5), "not one of noisy.fractions"),
     ],
 )
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_inconsistent_noisy_configs_are_refused_before_any_job(tmp_path, edit, message):
     cfg = copy.deepcopy(valid())
     edit(cfg)
@@ -211,6 +217,7 @@ def test_inconsistent_noisy_configs_are_refused_before_any_job(tmp_path, edit, m
     assert "Job stats" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
 def test_lint_is_clean():
     proc = snakemake("--lint")
     assert "Congratulations" in proc.stdout + proc.stderr
