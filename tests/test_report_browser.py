@@ -176,10 +176,20 @@ class ReportReader:
         self.n_shots = 0
         self.img_fingerprint = None
 
-    def shot(self, name: str) -> Path:
+    def shot(self, name: str, settle: bool = False) -> Path:
+        """A screenshot; with ``settle``, taken again until two in a row are the same
+        (Chromium paints a scaled image fast first, then resampled: a screenshot between the
+        two differs from the PNG by its filter, not by its content; up to 5 s)."""
         self.n_shots += 1
         path = self.shots / f"{self.n_shots:02d}-{re.sub(r'[^A-Za-z0-9.]+', '_', name)}.png"
-        return self.b.screenshot(path)
+        before = self.b.screenshot(path).read_bytes()
+        for _ in range(25 if settle else 0):
+            self.b.pump(0.2)
+            now = self.b.screenshot(path).read_bytes()
+            if now == before:
+                break
+            before = now
+        return path
 
     def home(self) -> None:
         self.b.click_element(HOME, "home breadcrumb")
@@ -326,7 +336,8 @@ def test_demo_report_renders_every_table_and_figure_in_chromium(chromium, demo_r
                         f"{path}: the report shows it in an iframe; this test has no check for it")
                     if Path(path).suffix in FIGURE_SUFFIXES:
                         info["image"] = r.view_figure(path)
-                        info["shot"] = r.shot(path)
+                        info["shot"] = r.shot(path, settle=True)
+                        info["image"]["box"] = b.evaluate(IMG_STATE)["box"]  # where it settled
                     else:
                         info["shot"] = r.shot(path)
                         info["download"] = r.download(path)
