@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench
+.PHONY: demo test test-fast test-miniature bench
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml requirements.txt
 demo: $(STAMP)  ## the whole pipeline on the embedded demo configuration
 	$(VENV)/bin/snakemake --configfile configs/demo.yaml --cores 2
 
-test: $(STAMP)  ## the whole test suite (what CI runs)
-	$(VENV)/bin/python -m pytest
+test: $(STAMP)  ## the whole test suite (what CI runs), config.yaml in miniature aside (test-miniature)
+	$(VENV)/bin/python -m pytest -m "not miniature"
+
+test-miniature: $(STAMP)  ## snakemake all of config.yaml in miniature, every artifact checked (~15 min on 2 cores)
+	$(VENV)/bin/python -m pytest -m miniature
 
 test-fast: $(STAMP)  ## the fast tests only
 	$(VENV)/bin/python -m pytest -m "not slow"

@@ -335,10 +335,10 @@ def e1(device, scale, before=False, clock="wall"):
     evaluation being the epoch's eval_seconds less its one measurement. ``clock="cpu"``:
     process CPU time instead of wall time, for a machine that other work shares (with one
     thread: with more, idle OpenMP threads spin and count)."""
-    import fisherlab.trainer
+    import fisherlab.training.trainer
 
     if clock == "cpu":
-        fisherlab.trainer.time = _ProcessClock
+        fisherlab.training.trainer.time = _ProcessClock
     per_epoch = math.ceil(45_000 / 128) / 100 + 1
     print(f"E1 (target <= 0.15): epochs of {round(45_000 * scale)} training, {round(5_000 * scale)} validation, "
           f"{round(10_000 * scale)} test images (scale {scale:g} of the paper's), {clock} time; {load()}")  # fmt: skip
@@ -357,7 +357,7 @@ def e1(device, scale, before=False, clock="wall"):
             print(f"  {label:20s} {name:16s} train {mid['seconds']:.2f} s, evaluation {evaluation:.2f} s, one "
                   f"measurement {m:.3f} s (x {scale * per_epoch:.2f} at this scale): {ratio:.3f}")  # fmt: skip
     print(f"  ({load()})")
-    fisherlab.trainer.time = time
+    fisherlab.training.trainer.time = time
 
 
 def chunked_forward_backward(model, x, y, chunk=128):
@@ -435,7 +435,7 @@ TRAIN_IMAGES = 45_000  # CIFAR's 50,000 less the 5,000 of the validation split
 def measurements(epochs, steps_per_epoch, every_early, every, epoch_end, crossing_epoch):
     """How many times a run measures Tr(F): at initialisation, every ``every_early`` steps
     until the crossing, then every ``every`` steps, and at each epoch's end unless a
-    measurement fell on it (the trainer's cadence, fisherlab.trainer)."""
+    measurement fell on it (the trainer's cadence, fisherlab.training.trainer)."""
     steps = {0}
     cross = round(crossing_epoch * steps_per_epoch)
     for step in range(1, epochs * steps_per_epoch + 1):

@@ -6,6 +6,29 @@ import os
 import time
 
 import pytest
+import torch
+
+pytest.register_assert_rewrite("helpers")  # its asserts report their operands, as in a test module
+from helpers import synthetic_train_data  # noqa: E402  (tests/ is on sys.path: rootdir conftest)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: threading only adds overhead (and
+    contention on a shared machine). Restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """The training loop's test data: 192 synthetic 16x16 training images in 4 classes
+    (6 steps per epoch at batch 32), augmented; 64 val and 64 test images normalised with
+    the training statistics. A module that needs other data defines its own ``data``."""
+    return synthetic_train_data(192, 64, 64, augment=True)
 
 
 @pytest.fixture(scope="session")

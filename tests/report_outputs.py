@@ -49,12 +49,22 @@ def _main(workdir: str, configfile: str) -> None:
             for f in rule.output:
                 if is_flagged(f, "report"):
                     r = get_flag_value(f, "report")
-                    out[str(f)] = {
+                    entry = {
                         "rule": rule.name,
                         "caption": str(Path(str(r.caption)).resolve()) if r.caption else None,
                         "category": r.category,
                         "subcategory": r.subcategory,
                     }
+                    if not f.contains_wildcard():
+                        out[str(f)] = entry
+                        continue
+                    # one rule for many outputs (the {fig} rule): the files on disk that match its pattern,
+                    # each with its wildcards filled into the category and subcategory
+                    for path in sorted((root / "results").rglob("*")):
+                        m = f.regex().fullmatch(rel := path.relative_to(root).as_posix())
+                        if m and path.is_file():
+                            fill = lambda s: s.format(**m.groupdict()) if s else s  # noqa: E731
+                            out[rel] = {**entry, "category": fill(r.category), "subcategory": fill(r.subcategory)}
     print(json.dumps(out))
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fisherlab import TrainConfig, TrainData, train
-from fisherlab.batchnorm import recalibrated_batchnorm
+from fisherlab.training.batchnorm import recalibrated_batchnorm
 from fisherlab.data import DeviceData, make_synthetic
 
 

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randn, seeded
 from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
@@ -33,28 +34,10 @@ from fisherlab import (
 DT = torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models here are tiny: intra-op threading only adds overhead (and contention
-    on a shared 2-core machine). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # =========================================================================== helpers
-
-
-def _seeded(seed: int, fn, *args, **kwargs):
-    """Run ``fn`` under a fixed global seed without disturbing the caller's RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return fn(*args, **kwargs)
-
-
-def _randn(*shape, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
 
 
 def _randint(high: int, n: int, seed: int) -> torch.Tensor:
@@ -227,7 +210,7 @@ class FunctionalTied(nn.Module):
 
 def make_mlp(seed: int = 0) -> nn.Module:
     """Linear(6,5) - tanh - Linear(5,4)."""
-    return _seeded(seed, lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double())
+    return seeded(seed, lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double())
 
 
 def make_cnn(seed: int = 1) -> nn.Module:
@@ -251,11 +234,11 @@ def make_cnn(seed: int = 1) -> nn.Module:
             bn.bias.copy_(torch.tensor([0.1, -0.3, 0.2]))
         return m.eval()
 
-    return _seeded(seed, build)
+    return seeded(seed, build)
 
 
-MLP_X = lambda n=5, seed=10: _randn(n, 6, seed=seed)  # noqa: E731
-CNN_X = lambda n=4, seed=11: _randn(n, 2, 6, 6, seed=seed)  # noqa: E731
+MLP_X = lambda n=5, seed=10: randn(n, 6, seed=seed)  # noqa: E731
+CNN_X = lambda n=4, seed=11: randn(n, 2, 6, 6, seed=seed)  # noqa: E731
 
 TINY = {
     "mlp": (make_mlp, MLP_X, 4),
@@ -355,14 +338,14 @@ def _case_linear_2d():
 
 def _case_linear_3d():
     """Linear layers on a (B, T, D) input (sequence dimension)."""
-    m = _seeded(2, lambda: nn.Sequential(
+    m = seeded(2, lambda: nn.Sequential(
         nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5), nn.Tanh(), nn.Flatten(), nn.Linear(20, 3)
     ).double())  # fmt: skip
-    return m, _randn(5, 4, 3, seed=2), _randint(3, 5, 2)
+    return m, randn(5, 4, 3, seed=2), _randint(3, 5, 2)
 
 
 def _case_linear_nobias():
-    m = _seeded(3, lambda: nn.Sequential(
+    m = seeded(3, lambda: nn.Sequential(
         nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 4, bias=False)
     ).double())  # fmt: skip
     return m, MLP_X(5, seed=3), _randint(4, 5, 3)
@@ -370,13 +353,13 @@ def _case_linear_nobias():
 
 def _case_conv_variants():
     """Stride, padding, dilation, groups>1, depthwise, rectangular kernel, no bias."""
-    m = _seeded(4, lambda: nn.Sequential(
+    m = seeded(4, lambda: nn.Sequential(
         nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2), nn.ReLU(),
         nn.Conv2d(6, 6, (2, 3), stride=(1, 2), padding=(1, 0), groups=6, bias=False), nn.Tanh(),
         nn.Conv2d(6, 4, 1, bias=False), nn.Tanh(),
         nn.Flatten(), nn.Linear(4 * 6 * 2, 3),
     ).double())  # fmt: skip
-    return m, _randn(4, 4, 9, 9, seed=4), _randint(3, 4, 4)
+    return m, randn(4, 4, 9, 9, seed=4), _randint(3, 4, 4)
 
 
 def _case_bn2d_eval():
@@ -394,16 +377,16 @@ def _set_bn(bn: nn.modules.batchnorm._BatchNorm, seed: int):
 
 def _case_bn1d_3d():
     """BatchNorm1d (eval) on a (B, C, L) input, after a Conv1d (generic path)."""
-    m = _seeded(6, lambda: nn.Sequential(
+    m = seeded(6, lambda: nn.Sequential(
         nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 5, 3)
     ).double())  # fmt: skip
     _set_bn(m[1], 6)
-    return m.eval(), _randn(4, 2, 7, seed=6), _randint(3, 4, 6)
+    return m.eval(), randn(4, 2, 7, seed=6), _randint(3, 4, 6)
 
 
 def _case_bn1d_2d():
     """BatchNorm1d (eval) on a (B, C) input: the usual MLP-with-BN layout."""
-    m = _seeded(7, lambda: nn.Sequential(
+    m = seeded(7, lambda: nn.Sequential(
         nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 4)
     ).double())  # fmt: skip
     _set_bn(m[1], 7)
@@ -412,7 +395,7 @@ def _case_bn1d_2d():
 
 def _case_scale_layernorm():
     """A custom scalar-parameter module and a LayerNorm (generic torch.func path)."""
-    m = _seeded(8, lambda: nn.Sequential(
+    m = seeded(8, lambda: nn.Sequential(
         nn.Linear(6, 5), Scale(), nn.Tanh(), nn.LayerNorm(5), nn.Linear(5, 4)
     ).double())  # fmt: skip
     with torch.no_grad():
@@ -423,10 +406,10 @@ def _case_scale_layernorm():
 
 def _case_skipinit_block():
     """A module owning a parameter and a child Conv (SkipInit residual block)."""
-    m = _seeded(9, lambda: nn.Sequential(
+    m = seeded(9, lambda: nn.Sequential(
         nn.Conv2d(2, 3, 3, padding=1), SkipInitBlock(3), nn.Flatten(), nn.Linear(3 * 5 * 5, 3)
     ).double())  # fmt: skip
-    return m, _randn(4, 2, 5, 5, seed=9), _randint(3, 4, 9)
+    return m, randn(4, 2, 5, 5, seed=9), _randint(3, 4, 9)
 
 
 def _case_frozen():
@@ -448,45 +431,45 @@ def _case_frozen_generic():
 
 
 def _case_module_twice():
-    return _seeded(11, lambda: TwiceUsed().double()), MLP_X(5, seed=11), _randint(4, 5, 11)
+    return seeded(11, lambda: TwiceUsed().double()), MLP_X(5, seed=11), _randint(4, 5, 11)
 
 
 def _case_shared_weight():
-    return _seeded(12, lambda: SharedWeight().double()), MLP_X(5, seed=12), _randint(4, 5, 12)
+    return seeded(12, lambda: SharedWeight().double()), MLP_X(5, seed=12), _randint(4, 5, 12)
 
 
 def _case_inplace_relu():
     """nn.ReLU(inplace=True) right after a Conv modifies the recorded conv output."""
-    m = _seeded(13, lambda: nn.Sequential(
+    m = seeded(13, lambda: nn.Sequential(
         nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Conv2d(3, 2, 3),
         nn.Flatten(), nn.Linear(2 * 2 * 2, 3),
     ).double())  # fmt: skip
-    return m, _randn(4, 2, 6, 6, seed=13), _randint(3, 4, 13)
+    return m, randn(4, 2, 6, 6, seed=13), _randint(3, 4, 13)
 
 
 def _case_conv_same_and_circular():
     """Conv2d(padding="same") (odd and even kernels, dilation) and circular padding."""
-    m = _seeded(14, lambda: nn.Sequential(
+    m = seeded(14, lambda: nn.Sequential(
         nn.Conv2d(2, 3, 3, padding="same"), nn.Tanh(),
         nn.Conv2d(3, 3, (2, 3), padding="same", dilation=2), nn.Tanh(),
         nn.Conv2d(3, 2, 3, padding=1, padding_mode="circular"), nn.Tanh(),
         nn.Flatten(), nn.Linear(2 * 5 * 5, 3),
     ).double())  # fmt: skip
-    return m, _randn(4, 2, 5, 5, seed=14), _randint(3, 4, 14)
+    return m, randn(4, 2, 5, 5, seed=14), _randint(3, 4, 14)
 
 
 def _case_functional_tied():
-    return _seeded(15, lambda: FunctionalTied().double()), _randn(5, 4, seed=15), _randint(4, 5, 15)
+    return seeded(15, lambda: FunctionalTied().double()), randn(5, 4, seed=15), _randint(4, 5, 15)
 
 
 def _case_simple_cnn():
-    m = _seeded(16, lambda: build_model("simple_cnn", num_classes=10).double())
-    return m, _randn(3, 3, 32, 32, seed=16), _randint(10, 3, 16)
+    m = seeded(16, lambda: build_model("simple_cnn", num_classes=10).double())
+    return m, randn(3, 3, 32, 32, seed=16), _randint(10, 3, 16)
 
 
 def _case_vgg11():
-    m = _seeded(17, lambda: build_model("vgg11", num_classes=100).double())
-    return m, _randn(2, 3, 32, 32, seed=17), _randint(100, 2, 17)
+    m = seeded(17, lambda: build_model("vgg11", num_classes=100).double())
+    return m, randn(2, 3, 32, 32, seed=17), _randint(100, 2, 17)
 
 
 BOTH = ("ghost", "materialise")
@@ -718,8 +701,8 @@ def _train_mode_bn_model():
     """The BN CNN in train mode, except the last Linear left in eval mode; some .grad set."""
     model = make_cnn(seed=60).train()
     model[5].eval()
-    model[0].weight.grad = _randn(*model[0].weight.shape, seed=61)
-    model[1].bias.grad = _randn(3, seed=62)
+    model[0].weight.grad = randn(*model[0].weight.shape, seed=61)
+    model[1].bias.grad = randn(3, seed=62)
     return model
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_dataset
 import torch
 
 from fisherlab.data import (
@@ -80,9 +81,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "split.npz"
     save_dataset(path, ds)
     back = load_dataset(path)
-    np.testing.assert_array_equal(back.x, ds.x)
-    np.testing.assert_array_equal(back.y, ds.y)
-    assert back.classes == ds.classes
+    assert_same_dataset(back, ds)
     assert back.x.dtype == np.uint8 and back.y.dtype == np.int64
     assert os.listdir(tmp_path) == ["split.npz"]  # no temporary file left behind
 

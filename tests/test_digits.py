@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_dataset
 
 from fisherlab.data import DatasetFormatError, load_dataset
 from fisherlab.data import digits as dg
@@ -69,9 +70,7 @@ def test_prepare_digits_round_trip(tmp_path: Path) -> None:
     ref_train, ref_test = dg.make_digits(n_test=100, seed=1, factor=2)
     for path, ref in zip(paths, (ref_train, ref_test)):
         got = load_dataset(path)
-        np.testing.assert_array_equal(got.x, ref.x)
-        np.testing.assert_array_equal(got.y, ref.y)
-        assert got.classes == ref.classes
+        assert_same_dataset(got, ref)
 
 
 def _write_csv(path: Path, rows: list[list[float]]) -> Path:

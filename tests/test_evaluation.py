@@ -1,4 +1,4 @@
-"""Per-epoch evaluation (fisherlab.evaluation): every recorded value against a
+"""Per-epoch evaluation (fisherlab.training.evaluation): every recorded value against a
 brute-force per-example loop in float64, the training subset, the test split evaluated
 once at the best validation epoch (equal to evaluating it every epoch), per-group
 accuracies, what each row holds, and resume with the kept state."""
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_trainer import CrashingData, Interrupted
+from helpers import CrashingData, Interrupted, synthetic_train_data
 from torch import nn
 
 from fisherlab import TrainConfig, TrainData, train
-from fisherlab.data import DeviceData, make_synthetic
-from fisherlab.evaluation import (
+from fisherlab.data import DeviceData
+from fisherlab.training.evaluation import (
     CPU_EVAL_BATCH,
     GPU_EVAL_BATCH,
     Evaluator,
@@ -24,7 +24,7 @@ from fisherlab.evaluation import (
     predictions,
     train_subset,
 )
-from fisherlab.runio import rows_to_csv
+from fisherlab.runs.runio import rows_to_csv
 
 TIMING = {"seconds", "eval_seconds"}
 
@@ -51,12 +51,7 @@ def bnnet(monkeypatch):
 
 @pytest.fixture(scope="module")
 def data() -> TrainData:
-    def split(n, name, **kw):
-        return DeviceData(make_synthetic(n, num_classes=4, image_size=8, seed=5, split=name), **kw)
-
-    train_split = split(160, "train", augment=True)
-    stats = {"mean": train_split.mean.flatten().tolist(), "std": train_split.std.flatten().tolist()}
-    return TrainData(train_split, split(48, "val", **stats), split(40, "test", **stats))
+    return synthetic_train_data(160, 48, 40, image_size=8, seed=5, augment=True)
 
 
 def config(model, **kw) -> TrainConfig:
@@ -142,7 +137,7 @@ def test_rows_hold_what_was_measured_and_each_value_is_right(data, bnnet):
         assert r["eval_seconds"] > 0
     # the last row against a brute-force evaluation of the final model (BN statistics
     # recalibrated as the evaluation did: same seed, same batches)
-    from fisherlab.batchnorm import recalibrated_batchnorm
+    from fisherlab.training.batchnorm import recalibrated_batchnorm
 
     last, model = rows[-1], result.model
     subset = train_subset(cfg.train_eval_examples, len(data.train), cfg.seed + 5)
@@ -194,7 +189,7 @@ def test_finish_evaluates_the_kept_state(data, bnnet):
     measured, kept = ev.evaluate(model, 1, last=False, kept=None)
     row = {"epoch": 1, **measured}
     assert "test_acc" not in row and kept["epoch"] == 1 and kept["state"] is not None
-    from fisherlab.batchnorm import recalibrated_batchnorm
+    from fisherlab.training.batchnorm import recalibrated_batchnorm
 
     with recalibrated_batchnorm(model, data.train, 2, 32, seed=0):  # epoch 1 -> seed * 1_000_003 + 0
         expected = predictions(model, data.test, 16)

@@ -1,5 +1,5 @@
 """The pipeline's job code without Snakemake: a planned run trained by run_planned, then
-its Tr(H) measured by trace_hessian_of_run, for a tiny run of every model family (the
+its Tr(H) measured by fisherlab.hessian's trace_hessian_of_run, for a tiny run of every model family (the
 model rebuilt from the run's own spec, model_kwargs included)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fisherlab.data import make_synthetic, save_dataset
-from fisherlab.experiment import run_planned, trace_hessian_of_run
+from fisherlab.experiment import run_planned
+from fisherlab.hessian import HessianSpec, trace_hessian_of_run
 from fisherlab.models import build_model
 from fisherlab.plan import build_plan
 from test_plan import load
@@ -60,12 +61,12 @@ def test_a_planned_run_and_its_hessian_job(tmp_path, dataset, model, kwargs):
     assert summary["status"] == result.status == "ok"
     assert summary["config"]["model"] == model and summary["config"]["model_kwargs"] == kwargs
     assert (summary["setting"], summary["role"], summary["family"]) == ("tiny", "eta_star", "fisher_penalty")
-    h = trace_hessian_of_run(spec, inputs, out / "model.pt", out / "summary.json", probes=2, examples=4,
-                             device="cpu")  # fmt: skip
+    h = trace_hessian_of_run(spec, inputs, out / "model.pt", out / "summary.json",
+                             HessianSpec(num_probes=2, examples=4), device="cpu")  # fmt: skip
     assert h["status"] == "ok" and math.isfinite(h["trace_hessian"]) and h["examples"] == 4
     if model == "simple_cnn":  # the config's hessian.method: Hutch++ with the same budget
-        pp = trace_hessian_of_run(spec, inputs, out / "model.pt", out / "summary.json", probes=6, examples=4,
-                                  method="hutchpp", device="cpu")  # fmt: skip
+        pp = trace_hessian_of_run(spec, inputs, out / "model.pt", out / "summary.json",
+                                  HessianSpec(num_probes=6, examples=4, method="hutchpp"), device="cpu")  # fmt: skip
         assert pp["method"] == "hutchpp" and math.isfinite(pp["trace_hessian"]) and pp["trace_hessian"] != h["trace_hessian"]
     if kwargs:  # the bug this guards against: a model rebuilt without the setting's model_kwargs
         with pytest.raises(RuntimeError):
@@ -80,6 +81,6 @@ def test_a_diverged_run_gets_no_hessian(tmp_path, dataset):
     run_planned(spec, inputs, device="cpu", out_dir=tmp_path / "run", checkpoint=tmp_path / "c.pt",
                 log=lambda s: None)  # fmt: skip
     assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "diverged"
-    h = trace_hessian_of_run(spec, inputs, tmp_path / "run/model.pt", tmp_path / "run/summary.json", probes=2,
-                             examples=4, device="cpu")  # fmt: skip
+    h = trace_hessian_of_run(spec, inputs, tmp_path / "run/model.pt", tmp_path / "run/summary.json",
+                             HessianSpec(num_probes=2, examples=4), device="cpu")  # fmt: skip
     assert h["status"] == "diverged" and h["trace_hessian"] is None  # NaN is written as null

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_dataset
 from PIL import Image
 
 from fisherlab.data import (
@@ -181,9 +182,7 @@ def test_raw_val_with_ground_truth_matches_sorted(tmp_path: Path) -> None:
     ref_train, ref_test = read_imagenet(_write(tmp_path / "sorted", fake), expected_sizes=SIZES)
     train, test = read_imagenet(_write(tmp_path / "raw", fake, val_layout="raw"), expected_sizes=SIZES)
     for ref, got in ((ref_train, train), (ref_test, test)):
-        np.testing.assert_array_equal(got.x, ref.x)
-        np.testing.assert_array_equal(got.y, ref.y)
-        assert got.classes == ref.classes
+        assert_same_dataset(got, ref)
     # the ground truth may also be named explicitly, from anywhere
     raw = tmp_path / "raw"
     moved = shutil.move(raw / "LOC_val_solution.csv", tmp_path / "gt.csv")

@@ -17,12 +17,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import synthetic_train_data
 from torch import nn
 
 from fisherlab import TrainConfig, TrainData, train
-from fisherlab.data import DeviceData, make_synthetic, save_dataset
-from fisherlab.experiment import run, run_planned, trace_hessian_of_snapshots, trace_hessian_of_weights
-from fisherlab.measures import best_epoch
+from fisherlab.data import make_synthetic, save_dataset
+from fisherlab.experiment import run, run_planned
+from fisherlab.hessian import SNAPSHOT_HESSIAN, HessianSpec, trace_hessian_of_snapshots, trace_hessian_of_weights
+from fisherlab.training.measures import best_epoch
 from fisherlab.penalties import FisherPenalty, build_regularizer
 from fisherlab.plan import PlanError, build_plan, interventions as iv
 from fisherlab.report import interventions as rep
@@ -53,10 +55,10 @@ def test_paper_plan_counts_per_family():
         len(v) for v in iv_cfg["fig21"]["panels"].values())
     assert counts["alpha_sweep"] == 2 * 10 + 10 + (10 + 2)
     # the numbers as the paper's config has them (a change to config.yaml shows here)
-    assert [counts[f] for f in ("late_fp", "two_phase", "hessian_along", "alpha_sweep")] == [32, 36, 45, 42]
+    assert [counts[f] for f in ("late_fp", "two_phase", "hessian_along", "alpha_sweep")] == [32, 36, 393, 42]
     assert iv.figures(PAPER, plan) == ["fig3", "fig6", "fig13", "fig14", "fig16", "fig17", "fig20", "fig21"]
     snap = iv.snapshot_runs(list(plan.runs.values()))
-    assert len(snap) == 2 * 2 * 8 + 45  # phase-2 runs (best) and every Tr(H)-along run
+    assert len(snap) == 2 * 2 * 8 + 393  # phase-2 runs (best) and every Tr(H)-along run
 
 
 def test_fig3_runs_resolve_to_fp_from_epoch_e_at_the_small_lr_with_alpha_star():
@@ -91,6 +93,7 @@ def test_fig3_follows_run_settings_and_refuses_what_cannot_run():
         (lambda c: c["interventions"]["fig3"].update(seeds=[5]), "must be among seeds"),
         (lambda c: c["settings"]["vgg11_c100"]["regularizers"].pop("fp"), "has no fp regularizer"),
         (lambda c: c["interventions"]["fig6"].update(seeds=[0, 1]), "other seeds than phase 1"),
+        (lambda c: c["interventions"]["fig6"].update(phase1_epochs=250), "counts phase 1 too"),
         (lambda c: c["interventions"]["fig16"].update(setting="nope"), "'nope', which is not under settings"),
         (lambda c: c["interventions"]["fig17"].update(examples=4), "is an fp option"),
         (lambda c: c["interventions"]["fig14"]["panels"]["resnet26_c10"].update(lr=None), "needs an lr"),
@@ -111,6 +114,7 @@ def test_two_phase_runs_start_from_the_phase1_weights():
     assert p1.id == "resnet26_c10/two_phase/lr0.02_bs100_e20/seed0" and p1.seed == 0
     cfg, fields = p1.resolve(READ)
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.init_weights, cfg.keep_best) == (0.02, 100, 20, None, None)
+    assert cfg.milestones == []  # the first drop (epoch 80) falls in phase 2
     assert (cfg.model, cfg.gamma, cfg.weight_decay, cfg.fisher_examples) == ("resnet26", 0.5, 1e-5, 5000)
     assert low[0].train["batch_size"] == 500
     for level, p2s in (("high", high[1:]), ("low", low[1:])):
@@ -119,7 +123,8 @@ def test_two_phase_runs_start_from_the_phase1_weights():
         for r in p2s:
             cfg, fields = r.resolve(READ)
             assert r.inputs["init"] == cfg.init_weights == f"{start.path}/model.pt"
-            assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.milestones) == (0.02, 500, 250, [80, 150, 200])
+            # 250 epochs in all (I.4): phase 2 trains the 230 after phase 1's 20, on the same schedule
+            assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.milestones) == (0.02, 500, 230, [60, 130, 180])
             assert cfg.keep_best == "test_acc" and cfg.test_every_epoch
             assert fields["phase1"] == start.id and fields["role"] == "phase2"
             assert r.id.startswith(f"resnet26_c10/two_phase/from_{start.id.split('/')[2]}_seed0/lr0.02_bs500_e250/")
@@ -127,7 +132,7 @@ def test_two_phase_runs_start_from_the_phase1_weights():
     labels = iv.figure_labels(PAPER, "fig13")
     assert labels[high[0].path] == {"level": "high", "phase": 1} and labels[low[3].path] == {"level": "low", "phase": 2}
     inputs = iv.figure_inputs(PAPER, "fig13", plan)
-    assert len(inputs) == 2 * (1 + 8) + 2 * 8 and f"{high[1].path}/hessian_snapshots.csv" in inputs
+    assert len(inputs) == 2 * (1 + 8) + 2 * 8 and f"{high[1].path}/{SNAPSHOT_HESSIAN}" in inputs
     cfg6, _ = iv.two_phase_plan(PAPER, "fig6")["high"][0].resolve(READ)
     assert (cfg6.lr, cfg6.batch_size) == (0.01, 100)
 
@@ -228,9 +233,9 @@ def test_dry_run_of_the_figures_on_the_paper_config():
     figs = iv.figures(PAPER, plan)
     proc = snakemake("-n", *[f"results/{f}.png" for f in figs], "--quiet", "rules")
     counts = job_counts(proc.stdout)
-    assert all(counts[f] == 1 for f in figs)
+    assert counts["figure"] == len(figs)  # the one figure rule, a job per figure
     drawn = {r.id: r for f in figs for r in iv.figure_runs(PAPER, f, plan)}
-    assert counts["trace_hessian_snapshots"] == len(iv.snapshot_runs(list(drawn.values()))) == 77
+    assert counts["trace_hessian_snapshots"] == len(iv.snapshot_runs(list(drawn.values()))) == 2 * 2 * 8 + 393  # Figs. 6, 13 + 14, 21
     # training: the runs drawn, and the grid runs behind the selections they read (eta*, alpha*)
     needed, todo = set(), list(drawn)
     while todo:
@@ -241,7 +246,7 @@ def test_dry_run_of_the_figures_on_the_paper_config():
         for path in plan.run(run_id).inputs.values():
             if path.startswith("results/selection/"):
                 todo += plan.selection_at(path).candidates
-    assert counts["train"] == len(needed) == 155 + 12 + 4 * (5 + 10)
+    assert counts["train"] == len(needed) == 155 + 12 * 29 + 12 + 4 * (5 + 10)  # Fig. 14: 12 points x 29 more seeds (32, I.4)
     assert counts["select"] == 4 * 2
 
 
@@ -250,14 +255,7 @@ def test_dry_run_of_the_figures_on_the_paper_config():
 
 @pytest.fixture(scope="module")
 def data() -> TrainData:
-    def split(n, name):
-        return make_synthetic(n, num_classes=4, image_size=16, seed=3, split=name)
-
-    train_ds = split(96, "train")
-    probe = DeviceData(train_ds)
-    stats = probe.mean.flatten().tolist(), probe.std.flatten().tolist()
-    return TrainData(DeviceData(train_ds), DeviceData(split(48, "val"), mean=stats[0], std=stats[1]),
-                     DeviceData(split(48, "test"), mean=stats[0], std=stats[1]))  # fmt: skip
+    return synthetic_train_data(96, 48, 48)
 
 
 def config(**kw) -> TrainConfig:
@@ -503,10 +501,10 @@ def test_trace_hessian_of_the_kept_weights(tmp_path, data):
     out = tmp_path / "run"
     run_planned(spec, spec.inputs, device="cpu", checkpoint=tmp_path / "ck.pt", out_dir=out, log=lambda s: None)
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch0.pt", "epoch2.pt"]
-    rows = trace_hessian_of_snapshots(spec, spec.inputs, out, probes=3, examples=10, device="cpu")
+    rows = trace_hessian_of_snapshots(spec, spec.inputs, out, HessianSpec(num_probes=3, examples=10), device="cpu")
     assert [(r["snapshot"], r["epoch"], r["status"]) for r in rows] == [("epoch0", 0, "ok"), ("epoch2", 2, "ok")]
-    direct = trace_hessian_of_weights(spec, spec.inputs, {"e2": out / "snapshots/epoch2.pt"}, probes=3, examples=10,
-                                      device="cpu")["e2"]  # fmt: skip
+    direct = trace_hessian_of_weights(spec, spec.inputs, {"e2": out / "snapshots/epoch2.pt"},
+                                      HessianSpec(num_probes=3, examples=10), device="cpu")["e2"]  # fmt: skip
     assert rows[1]["trace_hessian"] == direct["trace_hessian"] and math.isfinite(direct["trace_hessian"])
     assert rows[0]["trace_hessian"] != rows[1]["trace_hessian"]
     # phase 2 of Fig. 6: its init is phase 1's model.pt; Tr(H) of the best-test-accuracy weights
@@ -517,7 +515,7 @@ def test_trace_hessian_of_the_kept_weights(tmp_path, data):
     p2.train["init_weights"] = inputs["init"]  # the job sees the same path as its input
     out2 = Path(p2.path.replace("results", str(tmp_path)))
     res = run_planned(p2, inputs, device="cpu", checkpoint=tmp_path / "p2.pt", out_dir=out2, log=lambda s: None)
-    rows = trace_hessian_of_snapshots(p2, inputs, out2, probes=3, examples=10, device="cpu")
+    rows = trace_hessian_of_snapshots(p2, inputs, out2, HessianSpec(num_probes=3, examples=10), device="cpu")
     assert [(r["snapshot"], r["epoch"]) for r in rows] == [("best", res.summary["kept_best_epoch"])]
     assert math.isfinite(rows[0]["trace_hessian"])
 
@@ -587,7 +585,9 @@ def test_hessian_along_table_and_fig14(tmp_path):
         d = f"r{i}"
         runs.append(summary_row(run_dir=d, setting="c10", lr=0.02, batch_size=bs, seed=seed))
         labels[d] = {"set": s}
-        metrics[d] = pd.DataFrame({"train_loss": [2.0, 0.1 * (i + 1), 0.5], "test_acc": [0.3, 0.6 + i / 100, 0.5]})
+        metrics[d] = pd.DataFrame({"train_loss_subset": [2.0, 0.1 * (i + 1), 0.5],  # every epoch
+                                   "train_loss": [np.nan, np.nan, 0.52],  # the whole split: the last epoch only
+                                   "test_acc": [0.3, 0.6 + i / 100, 0.5]})  # fmt: skip
         snaps[d] = pd.DataFrame({"snapshot": ["epoch0", "epoch10"], "epoch": [0, 10],
                                  "trace_hessian": [5.0, 100.0 * (i + 1)]})  # fmt: skip
     table = rep.hessian_along_table(pd.DataFrame(runs), labels, metrics, snaps)
@@ -595,9 +595,12 @@ def test_hessian_along_table_and_fig14(tmp_path):
     summary = rep.hessian_along_summary(table).set_index(["set", "batch_size", "epoch"])
     a = summary.loc[("A", 500, 10)]
     assert a["seeds"] == 2 and a["trace_hessian"] == pytest.approx(150.0)
-    assert a["min_train_loss"] == pytest.approx(0.15) and a["max_test_acc"] == pytest.approx(0.605)
+    assert a["min_train_loss_subset"] == pytest.approx(0.15) and a["max_test_acc"] == pytest.approx(0.605)
     rep.fig14(table, tmp_path / "fig14.png", vary={"c10": "batch_size"})
     assert (tmp_path / "fig14.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="train_loss_subset"):
+        rep.hessian_along_table(pd.DataFrame(runs), labels, {d: m.drop(columns="train_loss_subset")
+                                                             for d, m in metrics.items()}, snaps)  # fmt: skip
 
 
 def test_fig21_points_match_tr_h_and_tr_fb_at_the_same_step(tmp_path):
@@ -636,3 +639,17 @@ def test_alpha_sweep_table_marks_the_best_finished_alpha_and_draws(tmp_path):
                   pd.DataFrame({"epoch": [0.0, 1.0, 2.0], "trace_fisher": [1.0, 5.0, 3.0]})) for d in table["run_dir"]}  # fmt: skip
     rep.alpha_sweep_figure(table, curves, tmp_path / "fig16.png", title="fig16")
     assert (tmp_path / "fig16.png").stat().st_size > 1000
+
+
+def test_a_run_from_diverged_weights_is_diverged_not_an_error(tmp_path, data):
+    """Phase 2 of a two-phase run (Figs. 6, 13) whose phase 1 diverged starts from
+    non-finite weights: the run ends at once with status diverged, saying why, and
+    writes its (empty) results like any diverged run; found by config.yaml in miniature."""
+    torch.set_num_threads(1)
+    first = train(config(seed=0, epochs=1), data)
+    bad = {k: torch.full_like(v, math.nan) if v.is_floating_point() else v
+           for k, v in first.model.state_dict().items()}  # fmt: skip
+    torch.save(bad, tmp_path / "nan.pt")
+    out = train(config(seed=1, epochs=2, init_weights=str(tmp_path / "nan.pt")), data)
+    assert out.status == "diverged" and out.metrics == [] and out.curvature == []
+    assert "initial weights" in out.summary["message"] and out.summary["status"] == "diverged"

@@ -1,4 +1,4 @@
-"""Tr(F_i), max Tr(F) and the best epoch (fisherlab.measures) on hand-made records, and
+"""Tr(F_i), max Tr(F) and the best epoch (fisherlab.training.measures) on hand-made records, and
 the trainer's dense-then-sparse cadence and ``until="crossing"``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from fisherlab.measures import best_epoch, crossed, crossing, max_trace_fisher
+from fisherlab.training.measures import best_epoch, crossed, crossing, max_trace_fisher
 
 
 def rows(*triples, steps_per_epoch=10):
@@ -139,3 +139,36 @@ def test_until_crossing_needs_an_epsilon():
         TrainConfig(until="crossing")
     with pytest.raises(ValueError, match="until"):
         TrainConfig(until="never", epsilon=1.0)
+
+
+@pytest.mark.slow  # spawns Snakemake or trains: end-to-end
+def test_a_crossing_at_an_epoch_end_switches_the_cadence_there_in_a_resumed_run_too(tmp_path):
+    """The cadence turns sparse after the measurement that crosses epsilon, the epoch-end
+    one included, so a run stopped after every epoch and resumed from its checkpoint
+    measures at the same steps as an uninterrupted one (CI once saw 64 rows against 67
+    when a SIGKILL fell right after such an epoch)."""
+    from fisherlab import TrainConfig, TrainData, train
+    from fisherlab.data import DeviceData, make_synthetic
+
+    data = TrainData(DeviceData(make_synthetic(320, seed=0, split="train")),
+                     DeviceData(make_synthetic(64, seed=0, split="val")))  # fmt: skip
+    base = dict(epochs=4, batch_size=32, lr=0.05, fisher_examples=32, fisher_every=10, fisher_every_early=3)
+    dense = train(TrainConfig(**base, epsilon=1e-9), data).curvature  # never crosses: dense all along
+    # an epoch end (10 steps an epoch; not a multiple of 3) whose running loss is below every earlier one
+    lows = [i for i, r in enumerate(dense) if r["step"] % 10 == 0 and r["step"] % 3 and r["step"] > 0
+            and i > 1 and all(r["train_loss_running"] < q["train_loss_running"] for q in dense[1:i])]  # fmt: skip
+    assert lows, dense
+    k = lows[0]
+    earlier = min(q["train_loss_running"] for q in dense[1:k])  # the crossing is at k, not before
+    epsilon = (dense[k]["train_loss_running"] + earlier) / 2
+    cfg = TrainConfig(**base, epsilon=epsilon)
+    whole = train(cfg, data)
+    assert crossing(whole.curvature, epsilon).step <= dense[k]["step"]  # crossed at the epoch end k
+    calls = iter(range(10**6))
+    stop_after_each_epoch = lambda: next(calls) % 11 == 10  # noqa: E731  (10 steps, then the epoch end)
+    ckpt, parts = tmp_path / "ckpt.pt", []
+    while not parts or parts[-1].status == "preempted":
+        parts.append(train(cfg, data, checkpoint=ckpt, should_stop=stop_after_each_epoch))
+    assert len(parts) == 4
+    assert [r["step"] for r in parts[-1].curvature] == [r["step"] for r in whole.curvature]
+    pd.testing.assert_frame_equal(pd.DataFrame(parts[-1].curvature), pd.DataFrame(whole.curvature))

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randn, seeded
 from torch import nn
 
 from fisherlab import build_model, per_example, per_example_grad_sq_norms, trace_fisher
@@ -35,23 +36,7 @@ NEW_MODELS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on a shared machine: intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _seeded(seed: int, fn, *args, **kwargs):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return fn(*args, **kwargs)
-
-
-def _randn(*shape, seed: int, dtype=DT) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def n_params(model: nn.Module) -> int:
@@ -184,7 +169,7 @@ def test_fixup_resnet18_count():
 @pytest.mark.parametrize("name", sorted(NEW_MODELS))
 def test_forward_shapes_32(name):
     classes = NEW_MODELS[name]
-    model = _seeded(0, build_model, name, num_classes=classes).eval()
+    model = seeded(0, build_model, name, num_classes=classes).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, classes) and torch.isfinite(out).all()
@@ -192,7 +177,7 @@ def test_forward_shapes_32(name):
 
 @pytest.mark.parametrize("size, small", [(224, False), (32, True), (64, True)])
 def test_fixup_forward_shapes(size, small):
-    model = _seeded(0, build_model, "resnet18_fixup", num_classes=1000, small_input=small)
+    model = seeded(0, build_model, "resnet18_fixup", num_classes=1000, small_input=small)
     with torch.no_grad():
         out = model(torch.randn(1, 3, size, size))
     assert out.shape == (1, 1000)
@@ -224,7 +209,7 @@ def test_fixup_init():
     """Zhang et al. 2019: last conv of each branch and fc zero; other branch convs He
     scaled by L^(-1/(2m-2)) = 8^(-1/2) (std ratio checked on the sample); shortcut
     and stem convs plain He; scalar biases 0, multipliers 1."""
-    model = _seeded(1, build_model, "resnet18_fixup", num_classes=1000)
+    model = seeded(1, build_model, "resnet18_fixup", num_classes=1000)
     blocks = [m for m in model.modules() if isinstance(m, FixupBasicBlock)]
     assert len(blocks) == 8 == model.num_branches
     assert torch.all(model.fc.weight == 0) and torch.all(model.fc.bias == 0)
@@ -256,7 +241,7 @@ def test_fixup_init():
 def test_skipinit_blocks_are_their_shortcut_at_init():
     """De & Smith 2020: alpha = 0 in every branch, so each block's output equals its
     shortcut branch, and identity-shortcut blocks are exactly the identity."""
-    model = _seeded(2, build_model, "wrn44_3_skipinit", num_classes=100)
+    model = seeded(2, build_model, "wrn44_3_skipinit", num_classes=100)
     blocks = [m for m in model.modules() if isinstance(m, WideBlock)]
     assert len(blocks) == 21
     assert all(b.skipinit.weight.item() == 0 for b in blocks)
@@ -278,7 +263,7 @@ def test_skipinit_blocks_are_their_shortcut_at_init():
 @pytest.mark.parametrize("name", ["wrn44_3", "densenet40_12"])
 def test_bn_models_init(name):
     """He (fan-out) convolutions, BN weight 1 / bias 0, zero linear bias."""
-    model = _seeded(3, build_model, name, num_classes=100)
+    model = seeded(3, build_model, name, num_classes=100)
     big = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4096]
     for c in big:
         assert c.weight.std().item() / he_std(c.weight) == pytest.approx(1, rel=0.1)
@@ -305,7 +290,7 @@ def test_arpit_init(name):
     """Every conv row (an output channel's filter, fan_in numbers) has norm
     g = sqrt(gamma * fan_in / fan_out); rows are orthogonal when out_channels <= fan_in;
     biases are 0."""
-    model = _seeded(4, build_model, name, num_classes=10)
+    model = seeded(4, build_model, name, num_classes=10)
     pairs = _arpit_gamma(model)
     assert len(pairs) == 1 + 2 * 3 * model.blocks_per_stage + 2
     for conv, gamma in pairs:
@@ -328,13 +313,13 @@ def test_arpit_init_keeps_the_residual_stack_bounded():
     """With the 1/N gain each block adds ~1/N of its input's second moment: a stage of
     N = 9 identity blocks grows it by about (1 + 1/9)^9 = 2.58 < e. The same network
     with gain 2 on every conv (He init) grows it by about 2^9 = 512."""
-    model = _seeded(5, build_model, "resnet56", num_classes=10).double()
-    x = _randn(8, 3, 32, 32, seed=5)
+    model = seeded(5, build_model, "resnet56", num_classes=10).double()
+    x = randn(8, 3, 32, 32, seed=5)
     growth = _stage_growth(model, x)
     assert 1.5 < growth < math.e * 1.25
     from fisherlab.models.resnet import arpit_init_
 
-    _seeded(6, lambda: [arpit_init_(b.conv2, 2.0) for b in model.stage1])
+    seeded(6, lambda: [arpit_init_(b.conv2, 2.0) for b in model.stage1])
     assert _stage_growth(model, x) > 100
 
 
@@ -370,9 +355,9 @@ def _small(kind: str):
         "fixup_small": lambda: FixupResNet((1, 2), num_classes=C, width=4, small_input=True),
     }
     seed = sorted(makers).index(kind) + 10
-    model = _perturb(_seeded(seed, makers[kind]).double(), seed)
+    model = _perturb(seeded(seed, makers[kind]).double(), seed)
     size = 16 if kind != "fixup" else 32
-    return model, _randn(3, 3, size, size, seed=seed), C
+    return model, randn(3, 3, size, size, seed=seed), C
 
 
 SMALL = ["wrn_bn", "wrn_skipinit", "densenet", "resnet", "fixup", "fixup_small"]
@@ -445,8 +430,8 @@ def _conv_geometry_model() -> nn.Module:
 
 @pytest.mark.parametrize("strategy", ["auto", "ghost", "materialise"])
 def test_per_example_norms_conv_geometries(strategy, per_layer_only):
-    model = _seeded(20, _conv_geometry_model).double()
-    x, y = _randn(4, 3, 11, 9, seed=20), torch.tensor([0, 1, 2, 1])
+    model = seeded(20, _conv_geometry_model).double()
+    x, y = randn(4, 3, 11, 9, seed=20), torch.tensor([0, 1, 2, 1])
     ref = brute_grad_sq_norm(model, x, y)
     got = per_example_grad_sq_norms(model, x, y, strategy=strategy)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=0)
@@ -455,11 +440,11 @@ def test_per_example_norms_conv_geometries(strategy, per_layer_only):
 def test_per_example_norms_with_an_inplace_edited_output(per_layer_only):
     """A layer output modified in place afterwards (ReLU(inplace=True) after a conv, as in
     torchvision models): the layer's hook sees d loss / d (the value it returned)."""
-    model = _seeded(21, lambda: nn.Sequential(
+    model = seeded(21, lambda: nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
         nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 3),
     )).double()  # fmt: skip
-    x, y = _randn(3, 3, 6, 6, seed=21), torch.tensor([0, 1, 2])
+    x, y = randn(3, 3, 6, 6, seed=21), torch.tensor([0, 1, 2])
     got = per_example_grad_sq_norms(model, x, y)
     torch.testing.assert_close(got, brute_grad_sq_norm(model, x, y), rtol=1e-10, atol=0)
 
@@ -479,8 +464,8 @@ class _Unreached(nn.Module):
 def test_layer_not_reached_from_the_input_falls_back_correctly():
     """Gradients are taken w.r.t. the input, so a hook on a layer the input does not reach
     never fires: the whole-model path takes over, and the values stay exact."""
-    model = _seeded(22, _Unreached).double()
-    x, y = _randn(3, 2, 6, 6, seed=22), torch.tensor([0, 1, 2])
+    model = seeded(22, _Unreached).double()
+    x, y = randn(3, 2, 6, 6, seed=22), torch.tensor([0, 1, 2])
     got = per_example_grad_sq_norms(model, x, y)
     torch.testing.assert_close(got, brute_grad_sq_norm(model, x, y), rtol=1e-10, atol=0)
 
@@ -488,6 +473,6 @@ def test_layer_not_reached_from_the_input_falls_back_correctly():
 @pytest.mark.parametrize("name", sorted(NEW_MODELS))
 def test_full_models_take_the_per_layer_path(name, per_layer_only):
     """The registered full-size models are measured layer by layer (float32, 2 examples)."""
-    model = _seeded(7, build_model, name, num_classes=NEW_MODELS[name]).eval()
+    model = seeded(7, build_model, name, num_classes=NEW_MODELS[name]).eval()
     sq = per_example_grad_sq_norms(model, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
     assert sq.shape == (2,) and torch.all(torch.isfinite(sq)) and torch.all(sq > 0)

@@ -22,7 +22,7 @@ from fisherlab.data.noise import (
     save_noisy_labels,
 )
 from fisherlab.experiment import load_data
-from fisherlab.memorization import group_metrics
+from fisherlab.training.memorization import group_metrics
 
 
 def labels(n=50_000, c=100, seed=0):

@@ -32,6 +32,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import make_mlp, random_batch, seeded
 from torch import nn
 from torch.func import functional_call
 
@@ -47,28 +48,15 @@ ALPHA = {"fp": 0.7, "fp_exact": 0.7, "gp": 0.7, "gpr": 0.7, "gpx": 20.0}
 # =========================================================================== helpers
 
 
-def make_mlp(seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, C)).to(DT)
-
-
 def make_cnn(seed: int = 1) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Conv2d(2, 3, 3), nn.Softplus(), nn.Flatten(), nn.Linear(3 * 3 * 3, C)
-        ).to(DT)
+    return seeded(seed, lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.Softplus(), nn.Flatten(), nn.Linear(27, C)).to(DT))
 
 
 MODELS = {"mlp": (make_mlp, (5,)), "cnn": (make_cnn, (2, 5, 5))}
 
 
 def make_batch(kind: str, B: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, *MODELS[kind][1], generator=g, dtype=DT)
-    y = torch.randint(0, C, (B,), generator=g)
-    return x, y
+    return random_batch(B, MODELS[kind][1], seed)
 
 
 def ce(z: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -114,12 +102,12 @@ def ref_terms(name, model, params, x, y, labels, create_graph=True):
         inner = ce(z, y)
     elif name == "gpr":
         inner = ce(z, labels)
-    elif name == "gpx":
-        inner, wrt = ce(z, y), [xx]
+    elif name == "gpx":  # the default reading, per_example: (1/B) sum_i ||d l_i / d x_i||^2 (tests/test_gpx.py)
+        inner, wrt = ce(z, y, reduction="sum"), [xx]
     else:
         raise AssertionError(name)
     v = torch.autograd.grad(inner, wrt, create_graph=create_graph)
-    return data, sum(vi.pow(2).sum() for vi in v)
+    return data, sum(vi.pow(2).sum() for vi in v) / (len(x) if name == "gpx" else 1)
 
 
 def ref_objective_grad(name, alpha, model, x, y, labels):

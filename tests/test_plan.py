@@ -15,9 +15,9 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from fisherlab.plan import FAMILIES, PlanError, Ref, RunSpec, build_plan, read_selection
+from fisherlab.plan import FAMILIES, PlanError, Ref, RunSpec, SelectionError, build_plan, read_selection
 from fisherlab.plan.fisher_penalty import alpha_grid
-from fisherlab.train_config import TrainConfig
+from fisherlab.training.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
@@ -49,6 +49,16 @@ def fake_reader(values):
     return lambda name: {"key": name, "value": values[name], "source": "test"}
 
 
+def test_alpha_grids_have_the_papers_size():
+    from fisherlab.plan.fisher_penalty import alpha_grid
+
+    assert alpha_grid(0.01) == pytest.approx([0.01 * 10 ** (i / 4.5 - 1) for i in range(10)], rel=1e-3)
+    assert alpha_grid(0.01, 5) == pytest.approx([0.001, 0.003162, 0.01, 0.03162, 0.1], rel=1e-3)
+    assert alpha_grid(0.01, 1) == [0.01]
+    tin = [s for s in PAPER["settings"].values() if s["dataset"] == "tinyimagenet" and s["table"] == 1]
+    assert tin and all(r["count"] == 5 for s in tin for r in s["regularizers"].values())
+
+
 def test_the_paper_config_plan_counts_per_family():
     plan = build_plan(PAPER)
     seeds = len(PAPER["seeds"])
@@ -60,7 +70,8 @@ def test_the_paper_config_plan_counts_per_family():
             expected["lr_search"] += len(s["lr_grid"]) if name in noisy_bases and s["lr_star"] is None else 0
             continue
         expected["lr_search"] += len(s["lr_grid"]) if s["lr_star"] is None else 0
-        expected["fisher_penalty"] += 10 * regs + ((2 if table == 1 else 1) + regs) * seeds
+        grids = sum(r["count"] for r in s["regularizers"].values())  # 10 alphas each; 5 for TinyImageNet (I.2)
+        expected["fisher_penalty"] += grids + ((2 if table == 1 else 1) + regs) * seeds
     fractions = len(PAPER["noisy"]["fractions"])
     for ns in PAPER["noisy"]["settings"].values():
         regs = len(ns["regularizers"])
@@ -136,7 +147,8 @@ def test_search_runs_and_selections():
     alphas = plan.selection("simplecnn_c10/gpx/alpha_star")
     assert [plan.run(c).strength for c in alphas.candidates] == alpha_grid(1.0)
     cfg, _ = plan.run(alphas.candidates[0]).resolve(fake_reader({"lr": 0.1}))
-    assert cfg.lr == pytest.approx(0.01) and cfg.regularizer_kwargs == {"alpha": 0.1, "every": 10}
+    assert cfg.lr == pytest.approx(0.01)
+    assert cfg.regularizer_kwargs == {"alpha": 0.1, "every": 10, "reduction": "per_example"}
     # a fixed number skips a search: no grid runs, the selection holds the number
     fixed = copy.deepcopy(PAPER)
     fixed["settings"]["simplecnn_c10"]["lr_star"] = 0.05
@@ -238,14 +250,14 @@ def test_read_selection_names_the_file_and_what_is_wrong(tmp_path):
     ]:
         path = tmp_path / name
         path.write_text(text)
-        with pytest.raises(PlanError, match=message) as err:
+        with pytest.raises(SelectionError, match=message) as err:
             read_selection(path)
         assert str(path) in str(err.value)
-    with pytest.raises(PlanError, match="cannot read"):
+    with pytest.raises(SelectionError, match="cannot read"):
         read_selection(tmp_path / "absent.json")
     spec = build_plan(PAPER).run("simplecnn_c10/final/fp/seed0")
     spec.inputs["alpha"] = str(tmp_path / "missing.json")
-    with pytest.raises(PlanError, match="missing.json"):
+    with pytest.raises(SelectionError, match="missing.json"):
         spec.resolve(lambda name: read_selection(spec.inputs[name]) if name == "alpha" else {"value": 0.1})
 
 
@@ -282,8 +294,8 @@ def test_the_schema_defaults_are_the_librarys():
 
     hessian = schema_defaults(["properties", "hessian"])
     params = inspect.signature(trace_hessian).parameters
-    assert hessian["queries"] == params["num_probes"].default and hessian["probes"] == params["distribution"].default
-    assert hessian["method"] == params["method"].default
+    assert hessian["num_probes"] == params["num_probes"].default
+    assert hessian["distribution"] == params["distribution"].default and hessian["method"] == params["method"].default
 
 
 def test_one_config_line_adds_sam_to_tables_1_and_3():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_dataset
 
 from fisherlab.data import (
     DatasetFormatError,
@@ -163,9 +164,7 @@ def test_cifar10_other_layouts_match_tarball(tmp_path: Path, layout: str) -> Non
     train_path, test_path = prepare_cifar("cifar10", out, source=source, expected_sizes=SIZES10)
     for ref, path in ((ref_train, train_path), (ref_test, test_path)):
         got = load_dataset(path)
-        np.testing.assert_array_equal(got.x, ref.x)
-        np.testing.assert_array_equal(got.y, ref.y)
-        assert got.classes == ref.classes
+        assert_same_dataset(got, ref)
 
 
 def test_cifar100_fine_labels(tmp_path: Path) -> None:
@@ -383,9 +382,7 @@ def test_prepare_synthetic(tmp_path: Path) -> None:
     assert paths == (tmp_path / "a" / "train.npz", tmp_path / "a" / "test.npz")
     for path, n, split in ((paths[0], 30, "train"), (paths[1], 12, "test")):
         got, ref = load_dataset(path), make_synthetic(n, num_classes=3, image_size=16, seed=4, split=split)
-        np.testing.assert_array_equal(got.x, ref.x)
-        np.testing.assert_array_equal(got.y, ref.y)
-        assert got.classes == ref.classes
+        assert_same_dataset(got, ref)
     again = prepare_synthetic(tmp_path / "b", n_train=30, n_test=12, num_classes=3, image_size=16, seed=4)
     for p, q in zip(paths, again):
         a, b = load_dataset(p), load_dataset(q)

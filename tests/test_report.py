@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fisherlab.measures import crossing
+from fisherlab.training.measures import crossing
 from fisherlab.report import (
     DISPLAY_NAMES,
     TABLE1_COLUMNS,
@@ -162,7 +162,7 @@ def test_load_summaries(df, runs_root):
 
 
 def test_trace_fisher_initial_from_a_runs_curvature_csv(runs_root):
-    """Tr(F_i) (fisherlab.measures.crossing) on a curvature.csv as the trainer writes it;
+    """Tr(F_i) (fisherlab.training.measures.crossing) on a curvature.csv as the trainer writes it;
     the estimator's cases are in test_measures.py."""
     curv = pd.read_csv(runs_root / "s_eta_0" / "curvature.csv")
     assert np.isnan(curv["train_loss_running"].iloc[0])
@@ -294,12 +294,12 @@ def test_to_markdown(df):
     assert cells[1] == "79.00 ± 1.00 (lr 0.1)"
     assert cells[2] == "72.00 ± 2.00 (lr 0.01)"
     assert cells[3] == "diverged (lr 0.01, α 0.1)"
-    assert cells[4] == "–"
+    assert cells[4] == "not run"
     assert cells[5] == "partial: 79.00 (1/2 diverged) (lr 0.01, α 0.03)"
     vcells = [c.strip() for c in vgg.strip("|").split("|")]
     assert vcells[1] == "45.86 (lr 0.03)"  # one seed: no std
     assert vcells[4] == "47.50 ± 0.50 (lr 0.003, α 0.01)"
-    assert "–" in vcells[2]
+    assert "not run" in vcells[2]
     named = to_markdown(table1(df), digits=1, setting_names={"vgg11_c100": "VGG11 / C100"},
                         hyper_sep="<br>")  # fmt: skip
     assert "| VGG11 / C100 | 45.9<br>(lr 0.03) |" in named

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from fisherlab import report
-from fisherlab.measures import noisy_acc_at_clean_acc
+from fisherlab.training.measures import noisy_acc_at_clean_acc
 
 
 def runs():
@@ -33,7 +34,7 @@ def test_table3_layout_and_values():
     assert t.loc[1, "gpx_status"] == "missing" and t.loc[1, "gpx_n"] == 0
     md = report.to_markdown(t)
     assert md.splitlines()[0] == "| Label noise | Setting | Baseline | Mixup | GPx | FP | GPr |"
-    assert "| 25% | vgg | 38.00 ± 0.50 (lr 0.05) | 48.00 ± 0.50 (lr 0.05, β 0.4) | – |" in md
+    assert "| 25% | vgg | 38.00 ± 0.50 (lr 0.05) | 48.00 ± 0.50 (lr 0.05, β 0.4) | not run |" in md
     assert report.table9(runs()).loc[0, "fp"] == pytest.approx(15.0)
     assert report.table8(runs()).loc[1, "baseline"] == pytest.approx(90.0)
 
@@ -63,19 +64,35 @@ def test_noisy_accuracy_at_a_matched_clean_accuracy():
 
 
 def metrics(scale):
-    return pd.DataFrame(dict(epoch=[1, 2, 3], train_acc_clean=[0.2, 0.5, 0.8], train_acc_noisy=[0.0, 0.1 * scale, 0.3],
+    """Rows as the evaluation writes them: the per-group accuracies on the fixed subset at
+    every epoch, over the whole split (train_acc_clean, train_acc_noisy) at the last only."""
+    return pd.DataFrame(dict(epoch=[1, 2, 3], train_acc_clean_subset=[0.2, 0.5, 0.8],
+                             train_acc_noisy_subset=[0.0, 0.1 * scale, 0.3], train_acc_clean=[np.nan, np.nan, 0.81],
+                             train_acc_noisy=[np.nan, np.nan, 0.29],
                              grad_sq_norm_clean=[1.0, 0.5, 0.2], grad_sq_norm_noisy=[1.0, 2.0, 1.0 * scale],
                              val_acc=[0.2, 0.4, 0.45], grad_cosine_clean_noisy=[-0.2, -0.1, 0.05]))  # fmt: skip
 
 
 def test_fig5_and_fig12_are_drawn(tmp_path):
     run_list = [("Baseline", None, metrics(1)), ("FP α=0.01", 0.01, metrics(0.5)), ("FP α=1", 1.0, metrics(0.2))]
-    report.fig5(run_list, "vgg, 25%", tmp_path / "f5.png")
+    drawn = report.fig5(run_list, "vgg, 25%", tmp_path / "f5.png")
     report.fig12({"FP": run_list, "GPr": run_list[:2]}, tmp_path / "f12.png")
     assert (tmp_path / "f5.png").stat().st_size > 10_000 and (tmp_path / "f12.png").stat().st_size > 10_000
+    # the per-epoch subset accuracies: a finite point per epoch per run in every panel (a curve, not one point)
+    finite = drawn.dropna(subset=["x", "y"]).groupby(["panel", "series"]).size()
+    assert len(finite) == 5 * 3 and (finite == 3).all()
+    scatter = drawn[(drawn["panel"] == "noisy_vs_clean") & (drawn["series"] == "FP α=0.01")]
+    assert scatter["x"].tolist() == pytest.approx([20, 50, 80]) and scatter["y"].tolist() == pytest.approx([0, 5, 30])
     with pytest.raises(ValueError, match="noisy-label file"):
-        report.fig5([("x", None, metrics(1).drop(columns="train_acc_noisy"))], "t", tmp_path / "bad.png")
+        report.fig5([("x", None, metrics(1).drop(columns="train_acc_noisy_subset"))], "t", tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+    # a run that diverged before its first epoch (an empty metrics.csv): drawn as nothing, listed, no error
+    # (config.yaml in miniature: FP at alpha 10 diverged at step 10)
+    empty = pd.DataFrame(columns=["epoch", "step"])
+    drawn = report.fig5([*run_list, ("FP α=10", 10.0, empty)], "t", tmp_path / "f5d.png")
+    report.fig12({"FP": [*run_list, ("FP α=10", 10.0, empty)]}, tmp_path / "f12d.png")
+    assert (tmp_path / "f5d.png").stat().st_size > 10_000 and (tmp_path / "f12d.png").exists()
+    assert set(drawn["series"]) == {"Baseline", "FP α=0.01", "FP α=1"}  # the diverged run has no point
 
 
 def test_choose_falls_back_to_the_smallest_value_when_every_run_diverged():

@@ -11,7 +11,7 @@ import pytest
 from fisherlab import TrainConfig, TrainData, train
 from fisherlab.__main__ import main
 from fisherlab.data import DeviceData, make_synthetic
-from fisherlab.runio import write_run
+from fisherlab.runs.runio import write_run
 
 
 @pytest.fixture(scope="module")

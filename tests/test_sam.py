@@ -16,12 +16,11 @@ import math
 
 import pytest
 import torch
-from test_trainer import CrashingData, Interrupted
+from helpers import CrashingData, Interrupted, make_mlp, random_batch, seeded, without_timing
 from torch import nn
 from torch.func import functional_call
 
 from fisherlab import TrainConfig, TrainData, train
-from fisherlab.data import DeviceData, make_synthetic
 from fisherlab.models import MODELS, register
 from fisherlab.penalties import (
     REGULARIZERS,
@@ -34,19 +33,11 @@ C = 4
 RHO = 0.3  # large enough that the gradient at w + e clearly differs from the one at w
 
 
-def make_mlp(seed: int = 0) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, C)).to(DT)
-
-
 def make_bn_cnn(seed: int = 1) -> nn.Module:
     """Conv - BatchNorm2d - Tanh - Linear, in training mode."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        m = nn.Sequential(
-            nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, C)
-        ).to(DT)
+    m = seeded(seed, lambda: nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, C)
+    ).to(DT))  # fmt: skip
     with torch.no_grad():  # affine parameters away from their (1, 0) init
         m[1].weight.copy_(torch.tensor([1.3, 0.6, -0.9], dtype=DT))
         m[1].bias.copy_(torch.tensor([0.2, -0.1, 0.3], dtype=DT))
@@ -57,9 +48,7 @@ MODELS_ = {"mlp": (make_mlp, (5,)), "bn_cnn": (make_bn_cnn, (2, 5, 5))}
 
 
 def make_batch(kind: str, B: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, *MODELS_[kind][1], generator=g, dtype=DT)
-    return x, torch.randint(0, C, (B,), generator=g)
+    return random_batch(B, MODELS_[kind][1], seed)
 
 
 def ce(z, y):
@@ -266,20 +255,6 @@ if "sam_test_bn_cnn" not in MODELS:
             return self.net(x)
 
 
-@pytest.fixture(scope="module")
-def data() -> TrainData:
-    def split(n, name):
-        return make_synthetic(n, num_classes=4, image_size=16, seed=3, split=name)
-
-    train_ds = split(192, "train")
-    stats = DeviceData(train_ds).mean.flatten().tolist(), DeviceData(train_ds).std.flatten().tolist()
-    return TrainData(
-        DeviceData(train_ds, augment=True),
-        DeviceData(split(64, "val"), mean=stats[0], std=stats[1]),
-        DeviceData(split(64, "test"), mean=stats[0], std=stats[1]),
-    )
-
-
 def config(**kw) -> TrainConfig:
     base = dict(
         model="sam_test_bn_cnn", epochs=3, batch_size=32, lr=0.05, weight_decay=1e-4,
@@ -288,14 +263,6 @@ def config(**kw) -> TrainConfig:
     )  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
-
-
-def without_timing(rows):
-    return [
-        {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()
-         if k not in {"seconds", "eval_seconds"}}
-        for r in rows
-    ]  # fmt: skip
 
 
 def assert_same_run(a, b):

@@ -28,7 +28,7 @@ def run(regularizer: str, noise_path: str) -> pd.DataFrame:
     import torch
 
     from fisherlab.experiment import load_data
-    from fisherlab.trainer import TrainConfig, train
+    from fisherlab.training.trainer import TrainConfig, train
 
     torch.set_num_threads(1)
     data = load_data(TRAIN, TEST, val_size=2000, noise_path=noise_path)
@@ -44,7 +44,7 @@ def run(regularizer: str, noise_path: str) -> pd.DataFrame:
 @pytest.mark.skipif(not TRAIN.exists(), reason="no CIFAR-10 subset")
 def test_fp_learns_noisy_labels_more_slowly_at_a_matched_clean_accuracy(tmp_path):
     from fisherlab.data.noise import prepare_noisy_labels
-    from fisherlab.measures import noisy_acc_at_clean_acc
+    from fisherlab.training.measures import noisy_acc_at_clean_acc
 
     noise = tmp_path / "noise.csv"
     prepare_noisy_labels(TRAIN, noise, 0.25, seed=0)

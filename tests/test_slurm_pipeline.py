@@ -23,7 +23,7 @@ import yaml
 from test_faults import RUN, same_run
 from test_pipeline import REPO, SNAKEMAKE, copy_workflow
 
-from fisherlab.checkpoint import load_checkpoint
+from fisherlab.training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -70,7 +70,10 @@ def test_a_job_at_its_time_limit_saves_its_state_and_the_retry_resumes_it(slurm_
         root.mkdir()
         slurm_workflow(root)
         cfg = yaml.safe_load((root / "configs/demo.yaml").read_text())
-        cfg["noisy"]["settings"]["demo_noisy"]["epochs"] = 60  # longer than the first time limit (1 min)
+        # about 2 min of training: longer than the first time limit (1 min) even on a fast machine, so that
+        # its SIGTERM stops the run when SLURM's early warning is lost (sent "up to 60 s earlier than
+        # specified", it may come before the training script listens: CI once finished 60 epochs unstopped)
+        cfg["noisy"]["settings"]["demo_noisy"]["epochs"] = 120
         cfg["settings"]["demo_digits"]["resources"] = {"runtime": 1, "mem_mb": 2000}  # minutes; x2 per retry
         cfg["slurm"] = {"signal_seconds": 45}  # SIGUSR1 45 s (SLURM: up to 60 s) before the limit
         (root / "overlay.yaml").write_text(yaml.safe_dump(cfg))

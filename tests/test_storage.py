@@ -22,17 +22,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_trainer import CrashingData, Interrupted, config, without_timing
+from helpers import CrashingData, Interrupted, without_timing
+from test_trainer import config
 
 from fisherlab import REGULARIZERS, TrainConfig, TrainData, atomic, train
 from fisherlab.atomic import StorageError, atomic_write, write_text_atomic
-from fisherlab.checkpoint import load_checkpoint, previous, save_atomic, save_checkpoint
+from fisherlab.training.checkpoint import load_checkpoint, previous, save_atomic, save_checkpoint
 from fisherlab.data import (
     DatasetFormatError,
-    DeviceData,
     ImageDataset,
     load_dataset,
-    make_synthetic,
     prepare_synthetic,
     save_dataset,
 )
@@ -45,18 +44,6 @@ from fisherlab.experiment import load_data, run
 from fisherlab.report import write_table
 
 CORRUPT_NAME = re.compile(r"^ckpt\.pt(\.prev)?\.corrupt-\d{8}T\d{6}Z(-\d+)?$")
-
-
-@pytest.fixture(scope="module")
-def data() -> TrainData:
-    """test_trainer's data: 192 synthetic 16x16 training images, 4 classes (6 steps per epoch)."""
-    def split(n, name):
-        return make_synthetic(n, num_classes=4, image_size=16, seed=3, split=name)
-
-    train_ds = split(192, "train")
-    mean, std = DeviceData(train_ds).mean.flatten().tolist(), DeviceData(train_ds).std.flatten().tolist()
-    return TrainData(DeviceData(train_ds, augment=True), DeviceData(split(64, "val"), mean=mean, std=std),
-                     DeviceData(split(64, "test"), mean=mean, std=std))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

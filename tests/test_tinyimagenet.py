@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_dataset
 from PIL import Image
 
 import fisherlab.data.tinyimagenet as tin
@@ -205,9 +206,7 @@ def test_other_layouts_match_zip(tmp_path: Path, layout: str) -> None:
     train_path, test_path = prepare_tinyimagenet(tmp_path / "out", source=source, expected_sizes=SIZES)
     for ref, path in ((ref_train, train_path), (ref_test, test_path)):
         got = load_dataset(path)
-        np.testing.assert_array_equal(got.x, ref.x)
-        np.testing.assert_array_equal(got.y, ref.y)
-        assert got.classes == ref.classes
+        assert_same_dataset(got, ref)
 
 
 def test_class_names(tmp_path: Path) -> None:

@@ -7,25 +7,10 @@ import math
 
 import pytest
 import torch
+from helpers import CrashingData, Interrupted, without_timing
 
 from fisherlab import TrainConfig, TrainData, every_n_epochs, multistep_lr, train
 from fisherlab.data import DeviceData, make_synthetic
-
-TIMING = {"seconds", "eval_seconds"}
-
-
-@pytest.fixture(scope="module")
-def data() -> TrainData:
-    def split(n, name):
-        return make_synthetic(n, num_classes=4, image_size=16, seed=3, split=name)
-
-    train_ds = split(192, "train")
-    stats = DeviceData(train_ds).mean.flatten().tolist(), DeviceData(train_ds).std.flatten().tolist()
-    return TrainData(
-        DeviceData(train_ds, augment=True),
-        DeviceData(split(64, "val"), mean=stats[0], std=stats[1]),
-        DeviceData(split(64, "test"), mean=stats[0], std=stats[1]),
-    )
 
 
 def config(**kw) -> TrainConfig:
@@ -36,33 +21,6 @@ def config(**kw) -> TrainConfig:
     )  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
-
-
-def without_timing(rows):
-    """The rows without wall-clock fields, NaN replaced by a marker so that == works."""
-    return [
-        {k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items() if k not in TIMING}
-        for r in rows
-    ]
-
-
-class Interrupted(Exception):
-    pass
-
-
-class CrashingData(DeviceData):
-    """A training split whose iterator raises after ``crash_after`` batches in total."""
-
-    def __init__(self, src: DeviceData, crash_after: int):
-        self.__dict__.update(src.__dict__)
-        self.left = crash_after
-
-    def batches(self, *args, **kwargs):
-        for batch in super().batches(*args, **kwargs):
-            if self.left == 0:
-                raise Interrupted
-            self.left -= 1
-            yield batch
 
 
 @pytest.mark.parametrize("regularizer,kwargs", [("fp", {"alpha": 0.01, "every": 4}),
@@ -116,7 +74,7 @@ def test_slurm_signals_set_the_stop_flag():
     import os
     import signal
 
-    from fisherlab.preemption import StopFlag
+    from fisherlab.training.preemption import StopFlag
 
     before = signal.getsignal(signal.SIGUSR1)
     flag = StopFlag()

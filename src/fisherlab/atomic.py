@@ -98,7 +98,7 @@ def atomic_write(path: str | os.PathLike, backup: str | os.PathLike | None = Non
 
     With ``backup``, an existing file at ``path`` is renamed to ``backup`` once the new
     file is complete and synced, just before the new one takes its place (two
-    generations, see :mod:`fisherlab.checkpoint`); if that last rename fails, the old
+    generations, see :mod:`fisherlab.training.checkpoint`); if that last rename fails, the old
     file is put back at ``path``."""
     path = Path(path)
     tmp = f = None

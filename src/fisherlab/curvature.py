@@ -2,6 +2,14 @@
 and the gradient statistics of example subsets used in the memorisation analysis
 (Section 4.1, Supplement H, Fig. 12).
 
+Tr(F), Tr(F_B) and Tr(H) take any model, loss and data: ``data`` is a tensor, an
+``(inputs, targets)`` pair, a mapping of keyword inputs or an iterable of batches (a
+DataLoader; :mod:`fisherlab.batches`), ``likelihood=`` gives the loss and the label
+sampler (:mod:`fisherlab.likelihoods`, cross-entropy by default), ``output_fn=`` picks
+the outputs from a dict or tuple, sequence outputs (N, *P, C) count every position as an
+example unless ``positions="sequence"``. Each returns an :class:`~fisherlab.Estimate`, a
+float with ``.stderr`` and ``.num_examples``.
+
 All measurements run with the model in eval mode (BatchNorm uses its running
 statistics, Supplement I.2) and restore each module's mode afterwards. None of them
 changes the parameters, the buffers or the ``.grad`` fields; given a generator or a
@@ -12,15 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator, Literal, NamedTuple
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .per_example import Strategy, chunk_sq_norms
+from .batches import Inputs, OutputFn, to_device, call_model, iter_batches, model_device, split_inputs
+from .batches import batch_size as batch_size_of
+from .estimate import Estimate, HutchinsonEstimate  # noqa: F401  (HutchinsonEstimate: its former home)
+from .hessian.spec import DISTRIBUTIONS, METHODS, Distribution, HessianSpec, Method
+from .likelihoods import Categorical, Likelihood, get_likelihood, summed_loss
+from .per_example import Positions, Strategy, chunk_sq_norms, event_positions, likelihood_terms
 
 GeneratorLike = torch.Generator | int | None
+_HESSIAN = HessianSpec()  # the defaults of trace_hessian: the paper's M = 30 probes (Supplement B)
 
 
 @contextlib.contextmanager
@@ -55,60 +69,134 @@ def trainable_parameters(model: nn.Module) -> list[Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def _check_common(chunk_size: int, method: str) -> None:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+    if method not in ("auto", "func", "loop"):
+        raise ValueError(f"method must be 'auto' (per-layer closed forms), 'func' (torch.func vmap(grad)) or "
+                         f"'loop' (a backward per example); got {method!r}")
+
+
+def _first_device(inputs: Inputs) -> torch.device:
+    if isinstance(inputs, Tensor):
+        return inputs.device
+    return next(v.device for v in inputs.values() if isinstance(v, Tensor))
+
+
 def trace_fisher(
     model: nn.Module,
-    inputs: Tensor,
+    data: Any,
     *,
+    likelihood: Likelihood | str | None = None,
+    output_fn: OutputFn | None = None,
+    positions: Positions = "each",
+    per_layer: bool = False,
     generator: GeneratorLike = None,
     exact: bool = False,
     chunk_size: int = 128,
-    method: Literal["auto", "func"] = "auto",
+    method: Literal["auto", "func", "loop"] = "auto",
     strategy: Strategy = "auto",
     return_per_example: bool = False,
-) -> float | Tensor:
+    target_key: str = "labels",
+    batch_fn: Callable[[Any], Any] | None = None,
+) -> Estimate | Tensor | dict:
     """Trace of the Fisher information matrix over the N given examples (Eq. 2):
 
-        Tr(F) = E_{x ~ inputs, yhat ~ p(y|x)} ||d loss(x, yhat) / d theta||^2 ,
+        Tr(F) = E_{x ~ data, yhat ~ p(y|f(x))} ||d loss(x, yhat) / d theta||^2 ,
+        loss(x, y) = -log p(y | f(x)),
 
     with the labels sampled from the model's own predictive distribution, not taken from
-    the data. The result is the mean over the examples of exact per-example squared
-    gradient norms (no mini-batch approximation), computed layer by layer
-    (:mod:`fisherlab.per_example`) ``chunk_size`` examples at a time.
+    the data (any targets in ``data`` are ignored). The result is the mean over the
+    examples of exact per-example squared gradient norms (no mini-batch approximation),
+    computed layer by layer (:mod:`fisherlab.per_example`) ``chunk_size`` examples at a
+    time.
 
     Args:
-        model: a classifier returning logits; measured in eval mode.
-        inputs: (N, ...) examples.
-        generator: a ``torch.Generator`` on the inputs' device, or an int seed, for
+        model: returns the outputs f(x) (logits for the categorical likelihood); measured
+            in eval mode.
+        data: a tensor of inputs, an ``(inputs, targets)`` pair, a mapping of keyword
+            inputs (``model(**inputs)``), or an iterable of such batches (a DataLoader);
+            see :mod:`fisherlab.batches`. An iterable's result is the mean over all its
+            examples (each batch weighted by its size). Inputs go to the model's device.
+        likelihood: p(y|f): :class:`~fisherlab.Categorical` (default: softmax and
+            cross-entropy, the paper's), :class:`~fisherlab.Gaussian` (``"gaussian"``:
+            squared error / (2 sigma^2), for which Tr(F) = E_x ||J(x)||_F^2 / sigma^2),
+            or any object with ``loss(output, target) -> (N,)`` and
+            ``sample(output, generator)``.
+        output_fn: picks the outputs from what the model returns (a tuple, a dict);
+            by default a tensor, or the ``logits`` of a dict / Hugging Face output.
+        positions: for outputs (N, *P, C) with position axes P (sequence logits (B, T, C)):
+            ``"each"`` (default) counts every position as an example, Tr(F) = the mean
+            over all (b, t) of ||d loss(x_b, yhat_{b,t}) / d theta||^2, the loss at that
+            position alone (one backward per position); ``"sequence"``: an example's
+            loss is summed over its positions (one example per sequence). Padding
+            positions count like any other under ``"each"``.
+        per_layer: return {module name: Tr(F) of that module's parameters} for every
+            module owning trainable parameters ("" for the root); they sum to Tr(F).
+        generator: a ``torch.Generator`` on the outputs' device, or an int seed, for
             reproducible labels; None uses the global RNG.
-        exact: enumerate every label y weighted by p(y|x) instead of sampling one
-            (C backward passes per chunk): the expectation over yhat without noise.
+        exact: enumerate the labels with their weights (``likelihood.enumerate``: every
+            class y weighted by p(y|x), C backward passes per chunk) instead of sampling
+            one: the expectation over yhat without noise.
         chunk_size: examples per forward/backward pass; bounds the memory.
-        method: "auto" (per-layer closed forms) or "func" (``torch.func`` vmap(grad)).
+        method: "auto" (per-layer closed forms where the model decomposes, else
+            ``torch.func`` vmap(grad), else a backward per example), "func" (vmap(grad)
+            only) or "loop" (one backward per example).
         strategy: per-layer choice, "auto", or force "ghost" / "materialise".
-        return_per_example: return the (N,) per-example values instead of their mean.
+        return_per_example: return the per-example values, (N,) or (N, *P), instead
+            of their mean (with ``per_layer``: a dict of those).
+        target_key, batch_fn: see :func:`fisherlab.batches.iter_batches`.
+
+    Returns:
+        An :class:`~fisherlab.Estimate`, a float with ``.stderr`` and ``.num_examples``.
+        ``stderr`` is the Monte-Carlo error of the value as Tr(F) of these examples:
+        0.0 with ``exact=True``; with sampled labels, std_i(v_i) / sqrt(N) over the N
+        per-example values v_i, which contains the label noise and, on top of it, the
+        spread of E_yhat v_i between the examples (so it bounds the label noise from
+        above, and it is the standard error of Tr(F) over the data distribution when
+        the examples are a random sample of it).
 
     Example:
         >>> tr = trace_fisher(model, x_fixed, generator=0)
+        >>> tr = trace_fisher(hf_model, loader, output_fn=lambda out: out.logits)
     """
-    gen = _generator(generator, inputs.device)
-
-    def label_fn(logits: Tensor):
-        if not exact:
-            return [(sample_labels(logits, gen), None)]
-        probs = logits.softmax(-1)
-        return [
-            (torch.full_like(probs[:, 0], c, dtype=torch.long), probs[:, c])
-            for c in range(probs.shape[1])
-        ]
-
+    _check_common(chunk_size, method)
+    lik = get_likelihood(likelihood)
+    labels = "exact" if exact else "sample"
+    gen: torch.Generator | None = None
+    started = False
+    per: list[Tensor] = []
+    layers: dict[str, list[Tensor]] = {}
     with eval_mode(model):
-        per = torch.cat(
-            [
-                chunk_sq_norms(model, xc, label_fn, method=method, strategy=strategy)
-                for xc in inputs.split(chunk_size)
-            ]
-        )
-    return per if return_per_example else per.mean().item()
+        for batch in iter_batches(data, target_key=target_key, batch_fn=batch_fn, device=model_device(model)):
+            if not started:
+                gen, started = _generator(generator, _first_device(batch.inputs)), True
+            for xc in split_inputs(batch.inputs, chunk_size):
+                shape: list[int] = []
+
+                def terms_fn(out: Tensor, shape: list = shape):
+                    T = event_positions(out, positions)
+                    shape[:] = [out.shape[0], *out.shape[1:-1]] if T > 1 else [out.shape[0]]
+                    return likelihood_terms(lik, out, labels, positions, gen)
+
+                sq, lay = chunk_sq_norms(model, xc, terms_fn, output_fn=output_fn, method=method,
+                                         strategy=strategy, per_layer=per_layer)  # fmt: skip
+                per.append(sq.reshape(shape))
+                for name, v in (lay or {}).items():
+                    layers.setdefault(name, []).append(v.reshape(shape))
+    if per_layer:
+        return {name: _fisher_result(v, exact, return_per_example) for name, v in layers.items()}
+    return _fisher_result(per, exact, return_per_example)
+
+
+def _fisher_result(per: list[Tensor], exact: bool, return_per_example: bool) -> Estimate | Tensor:
+    if return_per_example:
+        if len({p.shape[1:] for p in per}) > 1:
+            raise ValueError("return_per_example=True needs the same positions in every batch; "
+                             f"got shapes {sorted({tuple(p.shape[1:]) for p in per})}")
+        return torch.cat(per)
+    values = per[0] if len(per) == 1 and per[0].dim() == 1 else torch.cat([p.reshape(-1) for p in per])
+    return Estimate.mean_of(values, 0.0 if exact else None)
 
 
 def _grad_sq_norm(model: nn.Module, loss: Tensor) -> float:
@@ -116,41 +204,74 @@ def _grad_sq_norm(model: nn.Module, loss: Tensor) -> float:
     return sum(g.pow(2).sum() for g in grads).item()
 
 
+def _mean_loss(lik: Likelihood, out: Tensor, target: Tensor, positions: Positions) -> tuple[Tensor, int]:
+    """The mean loss over the examples of a batch (every position an example with
+    ``positions="each"``), and their number."""
+    T = event_positions(out, positions)
+    if T > 1:
+        n = out.shape[0]
+        tail = target.shape[out.dim() - 1 :]  # () for class labels, (C,) for a Gaussian's targets
+        out, target = out.reshape(n * T, out.shape[-1]), target.reshape(n * T, *tail)
+    if isinstance(lik, Categorical) and out.dim() == 2:
+        return F.cross_entropy(out, target), out.shape[0]  # the mean: the original operation
+    return summed_loss(lik, out, target) / out.shape[0], out.shape[0]
+
+
 def trace_fisher_batch(
     model: nn.Module,
-    inputs: Tensor,
+    data: Any,
     *,
     batch_size: int | None = None,
+    likelihood: Likelihood | str | None = None,
+    output_fn: OutputFn | None = None,
+    positions: Positions = "each",
     generator: GeneratorLike = None,
-) -> float:
+    target_key: str = "labels",
+    batch_fn: Callable[[Any], Any] | None = None,
+) -> Estimate:
     """Tr(F_B) = || (1/B) sum_i g(x_i, yhat_i) ||^2, yhat_i ~ p(y|x_i) (Supplement C, Eq. 5).
 
     The squared norm of the mini-batch gradient with labels sampled from the model: the
-    quantity the Fisher penalty (Eq. 3) penalises. With ``batch_size`` set, ``inputs``
-    is cut into consecutive batches of that size (a short last batch is dropped unless
-    it is the only one) and the mean of Tr(F_B) over the batches is returned; by
-    default the whole of ``inputs`` is one batch. Measured in eval mode.
+    quantity the Fisher penalty (Eq. 3) penalises (g: the gradient of the likelihood's
+    loss, cross-entropy by default; with ``positions="each"`` the B examples of a batch
+    of sequences are its B*T positions). ``data`` is a single batch (a tensor, a mapping,
+    an (inputs, targets) pair) or an iterable of batches (:mod:`fisherlab.batches`).
+    A single batch is cut, with ``batch_size`` set, into consecutive batches of that
+    size (a short last batch is dropped unless it is the only one); by default it is one
+    batch. An iterable's batches are used as they come (``batch_size`` must be None).
+    Returns the mean of Tr(F_B) over the batches, weighted by their sizes, as an
+    :class:`~fisherlab.Estimate` whose ``stderr`` is the standard deviation over the
+    batches / sqrt(number of batches) (nan for one batch) and ``num_examples`` the
+    examples used. Measured in eval mode.
     """
-    gen = _generator(generator, inputs.device)
-    batches = list(inputs.split(batch_size or len(inputs)))
-    if len(batches) > 1 and len(batches[-1]) < len(batches[0]):
-        batches.pop()
-    values = []
+    lik = get_likelihood(likelihood)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
+    device = model_device(model)
+    source = list(iter_batches(data, target_key=target_key, batch_fn=batch_fn, device=device))
+    if len(source) == 1:
+        batches = split_inputs(source[0].inputs, batch_size or len(source[0]))
+        if len(batches) > 1 and batch_size_of(batches[-1]) < batch_size_of(batches[0]):
+            batches.pop()
+    elif batch_size is not None:
+        raise ValueError("batch_size cuts a single batch; an iterable's batches are used as they are")
+    else:
+        batches = [b.inputs for b in source]
+    gen = _generator(generator, _first_device(batches[0]))
+    values, sizes = [], []
     with eval_mode(model), torch.enable_grad():
         for xb in batches:
-            logits = model(xb)
-            loss = F.cross_entropy(logits, sample_labels(logits, gen))
+            out = call_model(model, xb, output_fn)
+            loss, n = _mean_loss(lik, out, lik.sample(out, gen), positions)
             values.append(_grad_sq_norm(model, loss))
-    return sum(values) / len(values)
-
-
-class HutchinsonEstimate(NamedTuple):
-    """A Monte-Carlo trace estimate and its standard error: std over the probes /
-    sqrt(M) for Hutchinson; for Hutch++ the same over the probes of its deflated
-    Hutchinson part (see :func:`hutchpp_trace`)."""
-
-    estimate: float
-    stderr: float
+            sizes.append(n)
+    if len(set(sizes)) == 1:
+        value = sum(values) / len(values)
+    else:
+        value = sum(v * n for v, n in zip(values, sizes)) / sum(sizes)
+    v = torch.tensor(values, dtype=torch.float64)
+    stderr = v.std().item() / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return Estimate(value, stderr, sum(sizes))
 
 
 def _probe(like: list[Tensor], seed: int, distribution: str) -> list[Tensor]:
@@ -178,12 +299,12 @@ def _probe_block(
     raise ValueError(f"unknown probe distribution {distribution!r}")
 
 
-def _estimate(offset: float, quad: Tensor) -> HutchinsonEstimate:
+def _estimate(offset: float, quad: Tensor, num_examples: int = 0) -> Estimate:
     """offset + mean(quad), with standard error std(quad) / sqrt(len(quad))."""
     quad = quad.double()
     m = len(quad)
     stderr = quad.std().item() / math.sqrt(m) if m > 1 else float("nan")
-    return HutchinsonEstimate(offset + quad.mean().item(), stderr)
+    return Estimate(offset + quad.mean().item(), stderr, num_examples)
 
 
 def hutchinson_trace(
@@ -195,7 +316,7 @@ def hutchinson_trace(
     generator: GeneratorLike = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
-) -> HutchinsonEstimate:
+) -> Estimate:
     """Hutchinson's estimator of tr(A) from M = ``num_queries`` products with A:
 
         tr(A) ~= (1/M) sum_m z_m^T A z_m ,   z_m i.i.d. Rademacher or Gaussian,
@@ -203,7 +324,7 @@ def hutchinson_trace(
     unbiased, with Var = 2 (||A||_F^2 - sum_i A_ii^2) / M (Rademacher) or 2 ||A||_F^2 / M
     (Gaussian). ``matmat`` maps a (dim, k) block to A times it; it is called once, with
     all M probes. ``generator`` is a torch.Generator on ``device``, an int seed, or None
-    (the global RNG). Returns ``HutchinsonEstimate(estimate, std of z^T A z / sqrt(M))``.
+    (the global RNG). Returns an :class:`~fisherlab.Estimate` (value, stderr = std of z^T A z / sqrt(M)).
     """
     if num_queries < 1:
         raise ValueError("num_queries must be >= 1")
@@ -221,7 +342,7 @@ def hutchpp_trace(
     generator: GeneratorLike = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
-) -> HutchinsonEstimate:
+) -> Estimate:
     """Hutch++ (Meyer, Musco, Musco & Woodruff, "Hutch++: Optimal Stochastic Trace
     Estimation", SOSA 2021, Algorithm 1) with the same budget of M = ``num_queries``
     products with A as Hutchinson:
@@ -265,24 +386,81 @@ def hutchpp_trace(
     return _estimate(low_rank, (G * AV[:, Q.shape[1] :]).sum(0))
 
 
+class _HessianData:
+    """The batches of a Tr(H) measurement and the loss of each chunk, scaled so that the
+    chunks' losses add up to the mean loss over all examples: with a single batch each
+    chunk's summed loss is divided by the number of examples (the original operation,
+    ``F.cross_entropy(reduction="sum") / n`` for the default), with several batches the
+    sums are accumulated and :attr:`scale` (1 / total) is applied to the result."""
+
+    def __init__(self, model, data, targets, chunk_size, likelihood, output_fn, positions, target_key, batch_fn):
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+        self.model, self.lik, self.output_fn, self.positions = model, get_likelihood(likelihood), output_fn, positions
+        self.device = model_device(model)
+        self.batches = list(iter_batches(data, targets, target_key=target_key, batch_fn=batch_fn))
+        for b in self.batches:
+            if b.targets is None:
+                raise ValueError("Tr(H) needs the data's targets: pass (inputs, targets), targets=, or batches "
+                                 "with targets (a mapping's target_key entry)")
+        self.chunk_size = chunk_size
+        self.count = 0  # examples seen (positions with positions="each")
+
+    @property
+    def scale(self) -> float:
+        return 1.0 if len(self.batches) == 1 else 1.0 / self.count
+
+    def losses(self) -> Iterator[Tensor]:
+        self.count = 0
+        for b in self.batches:
+            xs = split_inputs(to_device(b.inputs, self.device), self.chunk_size)
+            ys = to_device(b.targets, self.device).split(self.chunk_size)
+            for xc, yc in zip(xs, ys):
+                out = call_model(self.model, xc, self.output_fn)
+                n = len(b) * event_positions(out, self.positions)
+                self.count += out.shape[0] * event_positions(out, self.positions)
+                loss = self._summed(out, yc)
+                yield loss / n if len(self.batches) == 1 else loss
+
+    def _summed(self, out: Tensor, y: Tensor) -> Tensor:
+        T = event_positions(out, self.positions)
+        if T > 1:
+            out, y = out.reshape(-1, out.shape[-1]), y.reshape(out.shape[0] * T, *y.shape[out.dim() - 1 :])
+        return summed_loss(self.lik, out, y)
+
+
 def hessian_matmat(
-    model: nn.Module, inputs: Tensor, targets: Tensor, *, chunk_size: int = 256
+    model: nn.Module,
+    data: Any,
+    targets: Tensor | None = None,
+    *,
+    chunk_size: int = 256,
+    likelihood: Likelihood | str | None = None,
+    output_fn: OutputFn | None = None,
+    positions: Positions = "each",
+    target_key: str = "labels",
+    batch_fn: Callable[[Any], Any] | None = None,
 ) -> tuple[Matmat, int]:
-    """The Hessian H of the mean cross-entropy over (inputs, targets) (true labels, eval
-    mode) w.r.t. the flattened trainable parameters, as a block product V -> H V over
-    (P, k) blocks, and P. Each column is a double-backprop Hessian-vector product; the
-    gradient is computed once per chunk of ``chunk_size`` examples per call and reused
-    for the k columns, and the chunks' products are summed."""
+    """The Hessian H of the mean loss over the data with their true targets (eval
+    mode; the likelihood's loss, cross-entropy by default; ``data``, ``positions`` as in
+    :func:`trace_hessian`) w.r.t. the flattened trainable parameters, as a block product
+    V -> H V over (P, k) blocks, and P. Each column is a double-backprop Hessian-vector
+    product; the gradient is computed once per chunk of ``chunk_size`` examples per call
+    and reused for the k columns, and the chunks' products are summed."""
+    hd = _HessianData(model, data, targets, chunk_size, likelihood, output_fn, positions, target_key, batch_fn)
+    return _matmat_of(hd)
+
+
+def _matmat_of(hd: _HessianData) -> tuple[Matmat, int]:
+    model = hd.model
     params = trainable_parameters(model)
     shapes = [p.shape for p in params]
     sizes = [p.numel() for p in params]
-    n = len(inputs)
 
     def matmat(V: Tensor) -> Tensor:
         out = torch.zeros_like(V)
         with eval_mode(model), torch.enable_grad():
-            for xc, yc in zip(inputs.split(chunk_size), targets.split(chunk_size)):
-                loss = F.cross_entropy(model(xc), yc, reduction="sum") / n
+            for loss in hd.losses():
                 grads = torch.autograd.grad(loss, params, create_graph=True)
                 for j in range(V.shape[1]):
                     v = [c.reshape(s) for c, s in zip(V[:, j].split(sizes), shapes)]
@@ -290,31 +468,44 @@ def hessian_matmat(
                         grads, params, grad_outputs=v, retain_graph=True, materialize_grads=True
                     )
                     out[:, j] += torch.cat([h.reshape(-1) for h in hv])
-        return out
+        return out if hd.scale == 1.0 else out * hd.scale
 
     return matmat, sum(sizes)
 
 
 def trace_hessian(
     model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
+    data: Any,
+    targets: Tensor | None = None,
     *,
-    num_probes: int = 30,
-    distribution: Literal["rademacher", "gaussian"] = "rademacher",
+    likelihood: Likelihood | str | None = None,
+    output_fn: OutputFn | None = None,
+    positions: Positions = "each",
+    num_probes: int = _HESSIAN.num_probes,
+    distribution: Distribution = _HESSIAN.distribution,
     generator: GeneratorLike = None,
     chunk_size: int = 256,
-    method: Literal["hutchinson", "hutchpp"] = "hutchinson",
-) -> HutchinsonEstimate:
+    method: Method = _HESSIAN.method,
+    target_key: str = "labels",
+    batch_fn: Callable[[Any], Any] | None = None,
+) -> Estimate:
     """Hutchinson's estimator of the trace of the Hessian (Supplement B):
 
         Tr(H) = E_z[z^T H z] ~= (1/M) sum_{m=1}^{M} z_m^T H z_m ,
 
-    where H is the Hessian of the mean cross-entropy loss over the given examples with
-    their true labels, and z_m are Rademacher (default) or standard Gaussian probes. The
-    paper uses M = 30. Each H z_m is a double-backprop Hessian-vector product; the
-    gradient is computed once per chunk and reused for all probes. The data are
-    processed ``chunk_size`` examples at a time, with the same probes in every chunk.
+    where H is the Hessian of the mean loss over the given examples with their true
+    labels (cross-entropy by default; ``likelihood`` as in :func:`trace_fisher`), and
+    z_m are Rademacher (default) or standard Gaussian probes. The paper uses M = 30.
+    The defaults are :class:`~fisherlab.hessian.HessianSpec`'s.
+    Each H z_m is a double-backprop Hessian-vector product; the gradient is computed
+    once per chunk and reused for all probes. The data are processed ``chunk_size``
+    examples at a time, with the same probes in every chunk.
+
+    ``data``: ``(model, inputs, targets)`` as before, an ``(inputs, targets)`` pair, a
+    mapping with a ``target_key`` entry, or an iterable of such batches
+    (:mod:`fisherlab.batches`); the mean is over all examples of all batches (all
+    positions of sequence outputs with ``positions="each"``, as in :func:`trace_fisher`).
+    The batches are held (on their own device) until the end.
 
     ``method="hutchpp"``: Hutch++ (:func:`hutchpp_trace`) with the same budget of M
     Hessian-vector products (floor(M/3) for the sketch H S, floor(M/3) for tr(Q^T H Q),
@@ -326,35 +517,40 @@ def trace_hessian(
     accumulation of z^T H z) and gives bit-identical results to earlier versions; it is
     the estimator :func:`hutchinson_trace` computes on flat probes.
 
-    Returns ``HutchinsonEstimate(estimate, stderr)``.
+    Returns an :class:`~fisherlab.Estimate`: the value, ``stderr`` = std over the probes
+    of z^T H z / sqrt(M) (the probe noise only; the examples are fixed), and
+    ``num_examples``. ``value, stderr = trace_hessian(...)`` unpacks as before.
     """
     if num_probes < 1:
         raise ValueError("num_probes must be >= 1")
-    if distribution not in ("rademacher", "gaussian"):
-        raise ValueError(f"unknown probe distribution {distribution!r}")
-    if method not in ("hutchinson", "hutchpp"):
-        raise ValueError(f"unknown trace estimator {method!r}; known: 'hutchinson', 'hutchpp'")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown probe distribution {distribution!r}; known: {list(DISTRIBUTIONS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown trace estimator {method!r}; known: {list(METHODS)}")
     gen = _generator(generator, torch.device("cpu")) or torch.default_generator
     if method == "hutchpp":
         seed = torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item()
-        matmat, dim = hessian_matmat(model, inputs, targets, chunk_size=chunk_size)
+        hd = _HessianData(model, data, targets, chunk_size, likelihood, output_fn, positions, target_key, batch_fn)
+        matmat, dim = _matmat_of(hd)
         like = trainable_parameters(model)[0]
-        return hutchpp_trace(matmat, dim, num_probes, distribution=distribution, generator=seed,
-                             dtype=like.dtype, device=like.device)  # fmt: skip
+        est = hutchpp_trace(matmat, dim, num_probes, distribution=distribution, generator=seed,
+                            dtype=like.dtype, device=like.device)  # fmt: skip
+        return Estimate(est, est.stderr, hd.count)
     seeds = torch.randint(0, 2**62, (num_probes,), generator=gen, device=gen.device).tolist()
     params = trainable_parameters(model)
     quad = torch.zeros(num_probes, dtype=torch.float64)
-    n = len(inputs)
+    hd = _HessianData(model, data, targets, chunk_size, likelihood, output_fn, positions, target_key, batch_fn)
     with eval_mode(model), torch.enable_grad():
-        for xc, yc in zip(inputs.split(chunk_size), targets.split(chunk_size)):
-            loss = F.cross_entropy(model(xc), yc, reduction="sum") / n
+        for loss in hd.losses():
             grads = torch.autograd.grad(loss, params, create_graph=True)
             for m, seed in enumerate(seeds):
                 z = _probe(params, seed, distribution)
                 hz = torch.autograd.grad(grads, params, grad_outputs=z, retain_graph=True)
                 quad[m] += sum((zi * hi).sum() for zi, hi in zip(z, hz)).item()
+    if hd.scale != 1.0:
+        quad *= hd.scale
     stderr = quad.std().item() / math.sqrt(num_probes) if num_probes > 1 else float("nan")
-    return HutchinsonEstimate(quad.mean().item(), stderr)
+    return Estimate(quad.mean().item(), stderr, hd.count)
 
 
 def mean_gradient(

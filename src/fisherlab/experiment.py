@@ -4,10 +4,12 @@ pipeline's scripts call (and that a user can call from Python).
 ``load_data`` reads the canonical train/test files, carves a fixed-seed validation split
 out of the training set (5,000 examples in the paper, Supplement I.2) and puts every
 split on the device, normalised with the training split's channel statistics.
-``run`` trains and writes metrics.csv, curvature.csv, summary.json and model.pt.
-``run_planned`` does both for one run of the pipeline's plan (:mod:`fisherlab.plan`),
-and ``trace_hessian_of_run`` measures Tr(H) of a finished run, its model rebuilt from
-the same spec.
+``run`` trains and writes metrics.csv, curvature.csv, summary.json and model.pt, holding
+the run directory's lock (:mod:`fisherlab.runs.runlock`) and resuming only a checkpoint of the
+same run identity (:mod:`fisherlab.runs.identity`).
+``run_planned`` does both for one run of the pipeline's plan (:mod:`fisherlab.plan`).
+Tr(H) of a finished run's weights, its model rebuilt from the same spec, is
+:mod:`fisherlab.hessian`'s.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
-from .checkpoint import save_atomic
-from .data import DeviceData, ImageDataset, channel_stats, load_dataset, split_validation
+from .training.checkpoint import move_aside, save_atomic
+from .data import DeviceData, ImageDataset, channel_stats, check_run_data, load_dataset, split_validation
 from .data.noise import apply_noisy_labels, load_noisy_labels
-from .preemption import Preempted
+from .training.lean_torch import skip_dynamo_import
+from .training.preemption import Preempted, StopFlag
 from .plan import RunSpec, read_selection
-from .runio import code_version, json_safe, write_run
-from .trainer import TrainConfig, TrainData, TrainResult, train
+from .runs.identity import code_digest, run_identity
+from .runs.runio import code_version, write_run
+from .runs.rundir import RunDir
+from .runs.runlock import die_with_parent, run_lock
+from .tracking import split_log
+from .training.trainer import TrainConfig, TrainData, TrainResult, train
 
 
-SNAPSHOTS = "snapshots"  # a run's kept weights: <run dir>/snapshots/{epoch<E>,best}.pt
+SNAPSHOTS = RunDir.SNAPSHOTS  # a run's kept weights: <run dir>/snapshots/{epoch<E>,best}.pt
+TENSORBOARD = RunDir.TENSORBOARD  # a run's TensorBoard event files (config tensorboard: true)
 
 
 def resolve_device(device: str) -> str:
@@ -67,6 +74,7 @@ def load_data(
     augment: bool = False,
     device: str = "cpu",
     noise_path: str | os.PathLike | None = None,
+    noise_fraction: float | None = None,
 ) -> TrainData:
     """Train / validation / test splits on ``device``: the validation split is carved out
     of the training file with a fixed seed (none when ``val_size`` is 0).
@@ -74,16 +82,23 @@ def load_data(
     With ``noise_path`` (a file of :mod:`fisherlab.data.noise`, checked against the
     training file) the training file's labels are replaced first, so the validation
     split is as noisy as the training split, and the training split gets the groups
-    ``clean`` and ``noisy`` (Section 4.1)."""
-    full = load_dataset(train_path)
+    ``clean`` and ``noisy`` (Section 4.1).
+
+    All files are read and checked against each other (:func:`fisherlab.data.check_run_data`:
+    classes, image shape, non-empty splits, the noise file against its name,
+    ``noise_fraction`` and the training file) before anything else: a mismatch is a
+    ``DatasetFormatError`` naming the files, before any training."""
+    full, test = load_dataset(train_path), load_dataset(test_path)
+    noisy = load_noisy_labels(noise_path) if noise_path is not None else None
+    check_run_data(full, test, train_path=train_path, test_path=test_path, val_size=val_size, noise=noisy,
+                   noise_path=noise_path or "", noise_fraction=noise_fraction)  # fmt: skip
     replaced = None
-    if noise_path is not None:
-        noisy = load_noisy_labels(noise_path)
+    if noisy is not None:
         full = apply_noisy_labels(full, noisy, where=f"{noise_path} vs {train_path}")
         replaced = noisy.replaced
     train_idx, val_idx = split_validation(len(full), val_size, split_seed)
     val = full.subset(val_idx) if val_size else None
-    data = to_device(full.subset(train_idx), val, load_dataset(test_path), augment=augment, device=device)
+    data = to_device(full.subset(train_idx), val, test, augment=augment, device=device)
     if replaced is not None:
         mask = torch.as_tensor(replaced[train_idx], device=device)
         data.groups = {"clean": torch.nonzero(~mask).flatten(), "noisy": torch.nonzero(mask).flatten()}
@@ -98,22 +113,54 @@ def run(
     checkpoint: str | os.PathLike | None = None,
     log=print,
     should_stop=None,
+    tensorboard: bool = False,
+    identity: dict[str, Any] | None = None,
     **fields: Any,
 ) -> TrainResult:
     """Train (resuming from ``checkpoint``), then write the run's files under ``out_dir``:
     metrics.csv, curvature.csv, summary.json (the trainer's summary, with ``fields``
     added: the run's labels) and model.pt (the final weights). The files appear only once
     training has ended, except the weights kept along the way (``cfg.keep_epochs``,
-    ``cfg.keep_best``) in ``out_dir/snapshots`` (:func:`fisherlab.trainer.train`).
+    ``cfg.keep_best``) in ``out_dir/snapshots`` (:func:`fisherlab.training.trainer.train`).
 
-    If ``should_stop`` (see :func:`fisherlab.trainer.train`) stops the run, its state is
-    in ``checkpoint``, nothing is written to ``out_dir``, and :class:`Preempted` is raised."""
-    snapshots = Path(out_dir) / SNAPSHOTS if cfg.keep_epochs or cfg.keep_best else None
-    result = train(cfg, data, checkpoint=checkpoint, log=log, should_stop=should_stop, snapshots=snapshots)
+    If ``should_stop`` (see :func:`fisherlab.training.trainer.train`) stops the run, its state is
+    in ``checkpoint``, nothing is written to ``out_dir``, and :class:`Preempted` is raised.
+
+    ``log``: as :func:`fisherlab.training.trainer.train`'s (text lines, sinks, or a list). With
+    ``tensorboard``, the rows also go to TensorBoard event files in
+    ``out_dir/tensorboard`` as training goes (:class:`fisherlab.tracking.TensorBoardSink`).
+
+    ``identity`` (:func:`fisherlab.runs.identity.run_identity`) goes into the checkpoint and
+    summary.json: a checkpoint, or kept snapshots, of another identity are moved aside
+    (``*.stale-<time>``, recorded in ``checkpoint_events``) and the run starts fresh.
+    The run holds ``out_dir/train.lock`` while it trains (:func:`fisherlab.runs.runlock.run_lock`:
+    :class:`fisherlab.runs.runlock.RunLocked` while another live trainer holds it)."""
+    text, sinks = split_log(log)
+    with run_lock(Path(RunDir(out_dir).lock), log=text):
+        return _run_locked(cfg, data, out_dir, checkpoint, text, sinks, should_stop, tensorboard, identity, fields)
+
+
+def _run_locked(cfg, data, out_dir, checkpoint, log, sinks, should_stop, tensorboard, identity, fields) -> TrainResult:
+    run_dir = RunDir(out_dir)
+    snapshots = Path(run_dir.snapshots) if cfg.keep_epochs or cfg.keep_best else None
+    events = _claim_snapshots(run_dir, identity, log) if snapshots is not None and identity is not None else []
+    if tensorboard:
+        from .tracking.tensorboard_sink import TensorBoardSink
+
+        sinks = [*sinks, TensorBoardSink(Path(run_dir.tensorboard))]
+    try:
+        result = train(cfg, data, checkpoint=checkpoint, log=[log, *sinks], should_stop=should_stop,
+                       snapshots=snapshots, identity=identity)  # fmt: skip
+    finally:
+        if tensorboard:
+            sinks[-1].close()
+    result.summary["checkpoint_events"] = [*result.summary.get("checkpoint_events", []), *events]
+    if identity is not None:
+        result.summary["identity"] = identity
     if result.status == "preempted":
         raise Preempted(f"stopped on request at step {result.summary['steps']}; the state is in "
                         f"{checkpoint}, and running again resumes from it")  # fmt: skip
-    save_atomic(result.model.state_dict(), Path(out_dir) / "model.pt")
+    save_atomic(result.model.state_dict(), Path(run_dir.model))
     write_run(result, out_dir, **fields)
     s = result.summary
     log(f"status {result.status}; Tr(F_i) at loss < {s['epsilon']}: {s['trace_fisher_i']:.4g} "
@@ -121,10 +168,57 @@ def run(
     return result
 
 
+def _claim_snapshots(run_dir: RunDir, identity: dict[str, Any], log) -> list[dict[str, Any]]:
+    """Make ``run_dir``'s snapshots folder (a run's kept weights) this identity's: a
+    folder of another identity (or of none recorded) that holds weights is moved aside as
+    ``snapshots.stale-<time>``; the identity's digest goes beside it, to
+    ``snapshots.identity.json``."""
+    folder, mark, events = Path(run_dir.snapshots), Path(run_dir.snapshots_identity), []
+    if folder.is_dir():
+        try:
+            old = json.loads(mark.read_text()).get("digest")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old != identity["digest"] and any(folder.iterdir()):
+            reason = "stale: weights kept by a run of another identity" if old else \
+                "stale: weights kept by a run that recorded no identity"
+            moved = move_aside(folder, reason, "stale")
+            log(f"snapshots {folder} cannot be used: {reason}; moved to {moved}")
+            events.append({"path": str(folder), "reason": reason, "moved_to": str(moved), "resumed_from": None})
+    from .atomic import write_text_atomic
+
+    write_text_atomic(mark, json.dumps({"digest": identity["digest"]}) + "\n")
+    return events
+
+
+def planned_identity(spec: RunSpec, cfg: TrainConfig, inputs: Mapping[str, str]) -> dict[str, Any]:
+    """The identity of a planned run (:func:`fisherlab.runs.identity.run_identity`): its
+    TrainConfig, its data options and the digest of every input file of its job."""
+    return run_identity(cfg.to_dict(), spec.data, inputs)
+
+
 def planned_data(spec: RunSpec, inputs: Mapping[str, str], device: str = "cpu") -> TrainData:
-    """The splits of a planned run, from its input files (``train``, ``test``, ``noise``)."""
+    """The splits of a planned run, from its input files (``train``, ``test``, ``noise``);
+    a noise file is checked against the run's configured fraction (``label_noise``)."""
     return load_data(inputs["train"], inputs["test"], val_size=spec.data["val_size"],
-                     augment=spec.data["augment"], device=device, noise_path=inputs.get("noise"))  # fmt: skip
+                     augment=spec.data["augment"], device=device, noise_path=inputs.get("noise"),
+                     noise_fraction=spec.fields.get("label_noise"))  # fmt: skip
+
+
+def run_job(spec: Mapping[str, Any], inputs: Mapping[str, str], out_dir: str | os.PathLike, *,
+            device: str = "auto", threads: int = 1) -> TrainResult:
+    """The train rule's job (workflow/scripts/train.py): :func:`run_planned` of the run
+    ``spec`` (:meth:`RunSpec.to_dict`) with ``threads`` CPU threads, stopped cleanly by
+    SLURM's SIGTERM / SIGUSR1 before a time-out (the state saved, a non-zero exit, the
+    retry resumes: :class:`~fisherlab.training.preemption.StopFlag`), and by SIGTERM when
+    its Snakemake dies (:func:`~fisherlab.runs.runlock.die_with_parent`: no trainer left
+    behind). The job never compiles, so it skips importing ``torch._dynamo`` (1.5 s of CPU
+    per run: :func:`~fisherlab.training.lean_torch.skip_dynamo_import`)."""
+    torch.set_num_threads(threads)
+    skip_dynamo_import()
+    stop = StopFlag()
+    die_with_parent()
+    return run_planned(RunSpec.from_dict(spec), inputs, device=device, out_dir=out_dir, should_stop=stop)
 
 
 def run_planned(
@@ -142,96 +236,9 @@ def run_planned(
     data loaded, trained with :func:`run` into ``out_dir`` (default: the spec's path)."""
     cfg, fields = spec.resolve(lambda name: read_selection(inputs[name]))
     cfg.device = resolve_device(device)
+    identity = planned_identity(spec, cfg, inputs)
     data = planned_data(spec, inputs, cfg.device)
     return run(cfg, data, out_dir or spec.path, checkpoint=checkpoint or spec.checkpoint, log=log,
-               should_stop=should_stop, code_version=code_version(), **fields)  # fmt: skip
-
-
-def trace_hessian_of_weights(
-    spec: RunSpec,
-    inputs: Mapping[str, str],
-    weights: Mapping[str, str | os.PathLike | None],
-    *,
-    probes: int = 30,
-    examples: int = 1000,
-    distribution: str = "rademacher",
-    method: str = "hutchinson",
-    device: str = "auto",
-) -> dict[str, dict[str, Any]]:
-    """Tr(H) (Hutchinson, Supplement B) of each weights file of a planned run (label ->
-    state_dict path; None: not measured, NaN), on ``examples`` fixed training examples
-    with their labels, the model rebuilt from the run's own spec (model and
-    ``model_kwargs``). The data are loaded once; every file gets the same examples and
-    the same probes, so values along a trajectory differ by the weights only."""
-    from .curvature import trace_hessian
-    from .models import build_model
-
-    device = resolve_device(device)
-    cfg, _ = spec.resolve(lambda name: read_selection(inputs[name]))
-    data = planned_data(spec, inputs, device)
-    model = build_model(cfg.model, num_classes=data.train.num_classes, **cfg.model_kwargs).to(device)
-    n = min(examples, len(data.train))
-    idx = np.sort(np.random.default_rng(0).choice(len(data.train), n, replace=False))
-    x, y = data.train.batch(idx)
-    out = {}
-    for label, path in weights.items():
-        est, err = float("nan"), float("nan")
-        if path is not None:
-            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-            est, err = trace_hessian(model, x, y, num_probes=probes, generator=0, distribution=distribution,
-                                     method=method)  # fmt: skip
-        out[label] = {"trace_hessian": est, "stderr": err, "probes": probes, "examples": n,
-                      "distribution": distribution, "method": method}  # fmt: skip
-    return out
-
-
-def trace_hessian_of_run(
-    spec: RunSpec,
-    inputs: Mapping[str, str],
-    model_path: str | os.PathLike,
-    summary_path: str | os.PathLike,
-    *,
-    probes: int = 30,
-    examples: int = 1000,
-    distribution: str = "rademacher",
-    method: str = "hutchinson",
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Tr(H) of a finished run's weights ``model_path`` (:func:`trace_hessian_of_weights`).
-    A diverged run gets NaN: its curvature means nothing."""
-    summary = json.loads(Path(summary_path).read_text())
-    ok = summary["status"] == "ok"
-    out = trace_hessian_of_weights(spec, inputs, {"final": model_path if ok else None}, probes=probes,
-                                   examples=examples, distribution=distribution, method=method,
-                                   device=device)["final"]  # fmt: skip
-    return json_safe({**out, "status": summary["status"]})
-
-
-def trace_hessian_of_snapshots(
-    spec: RunSpec,
-    inputs: Mapping[str, str],
-    run_dir: str | os.PathLike,
-    *,
-    probes: int = 30,
-    examples: int = 1000,
-    distribution: str = "rademacher",
-    method: str = "hutchinson",
-    device: str = "auto",
-) -> list[dict[str, Any]]:
-    """Tr(H) along training (Section 5, Supplement I.4, Fig. 14): one row per weights
-    file the run kept in ``run_dir/snapshots`` (:func:`run`), ``epoch<E>.pt`` for each E
-    of its ``keep_epochs`` and ``best.pt`` (``keep_best``: Tr(H_f) at the best-test-accuracy
-    epoch, Fig. 6). Rows: snapshot, epoch, trace_hessian, stderr, probes, examples,
-    distribution, status ("ok", or "missing" when the run never reached that epoch,
-    e.g. it diverged before)."""
-    cfg, _ = spec.resolve(lambda name: read_selection(inputs[name]))
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    kept = {f"epoch{e}": e for e in sorted(set(cfg.keep_epochs))}
-    if cfg.keep_best:
-        kept["best"] = summary.get("kept_best_epoch")
-    files = {k: Path(run_dir) / SNAPSHOTS / f"{k}.pt" for k in kept}
-    found = {k: (p if p.exists() else None) for k, p in files.items()}
-    values = trace_hessian_of_weights(spec, inputs, found, probes=probes, examples=examples,
-                                      distribution=distribution, method=method, device=device)  # fmt: skip
-    return [json_safe({"snapshot": k, "epoch": kept[k], **values[k], "status": "ok" if found[k] else "missing"})
-            for k in kept]  # fmt: skip
+               should_stop=should_stop, tensorboard=spec.tensorboard, identity=identity,
+               code_version=code_version(), code_digest=code_digest(), code_dir=str(Path(__file__).parent),
+               **fields)  # fmt: skip

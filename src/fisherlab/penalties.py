@@ -14,6 +14,9 @@ double-backprop Hessian-vector product ``2 alpha H v``. As the paper prescribes 
 (Section 2, after Eq. 3), it is recomputed every ``every`` steps and the most recently
 computed one is added in between. The penalty shares the step's forward pass: one set
 of logits serves the loss with the true labels and the penalised gradient.
+(To add FP to a loss of one's own instead, with AMP, accumulation or DDP, see
+:mod:`fisherlab.penalty_term`: ``fisher_penalty`` and ``FisherPenaltyTerm``; ``fp``
+below samples and differentiates through the same ``sampled_fisher_gradient``.)
 
 ===========  =================================================================  =====
 name         penalty                                                            paper
@@ -23,7 +26,8 @@ name         penalty                                                            
              (``examples=m``: the mean over the first m examples only)          E
 ``fp_exact`` alpha ||g(x_1, yhat_1)||^2 (first example), every step             Eq. 6
 ``gp``       alpha ||(1/B) sum_i g(x_i, y_i)||^2 (true labels)                  Sec. 4
-``gpx``      alpha ||d/dx (1/B) sum_i loss(x_i, y_i)||^2 (input gradient)       Sec. 4
+``gpx``      alpha (1/B) sum_i ||d/dx_i loss(x_i, y_i)||^2 (input gradient)     Sec. 4
+             (``reduction="batch_mean"``: alpha ||d/dx (1/B) sum_i loss||^2)
 ``gpr``      alpha ||(1/B) sum_i g(x_i, u_i)||^2,  u_i ~ Uniform(labels)        Sec. 4
 ``mixup``    mixup of inputs and labels with lambda ~ Beta(beta, beta)           I.3
 ``sam``      gradient at w + rho g/||g|| applied at w (Foret et al. 2021)        -
@@ -42,6 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .curvature import sample_labels, trainable_parameters
+from .penalty_term import _LazyGenerator, sampled_fisher_gradient
+from .training.train_config import GPX_REDUCTIONS
 
 
 @dataclass
@@ -109,26 +115,6 @@ def plain_backward(model: nn.Module, x: Tensor, y: Tensor) -> StepOutput:
     loss = F.cross_entropy(logits, y)
     loss.backward()
     return StepOutput(loss.detach(), logits.detach())
-
-
-class _LazyGenerator:
-    """A torch.Generator created on first use on the data's device, with a saved state."""
-
-    def __init__(self, seed: int):
-        self.seed, self.gen, self._pending = seed, None, None
-
-    def get(self, device: torch.device) -> torch.Generator:
-        if self.gen is None:
-            self.gen = torch.Generator(device=device).manual_seed(self.seed)
-            if self._pending is not None:
-                self.gen.set_state(self._pending)
-        return self.gen
-
-    def state(self):
-        return self.gen.get_state() if self.gen is not None else self._pending
-
-    def load(self, state) -> None:
-        self._pending, self.gen = state, None
 
 
 class GradientNormPenalty(Regularizer):
@@ -210,8 +196,7 @@ class FisherPenalty(GradientNormPenalty):
 
     def penalised_gradient(self, model, params, x, y, logits, loss):
         sub = logits if self.examples is None else logits[: self.examples]
-        yhat = sample_labels(sub, self._rng.get(logits.device))
-        return _graph_grad(F.cross_entropy(sub, yhat), params), None
+        return sampled_fisher_gradient(sub, params, generator=self._rng.get(logits.device)), None
 
 
 class FisherPenaltyExact(GradientNormPenalty):
@@ -253,19 +238,59 @@ class RandomLabelGradientPenalty(GradientNormPenalty):
 
 
 class InputGradientPenalty(GradientNormPenalty):
-    """GPx: alpha * || d/dx (1/B) sum_i loss(x_i, y_i) ||^2, the squared norm of the
-    gradient of the mini-batch loss with respect to the inputs (Section 4; Varga et al.
-    2018). Being the gradient of the batch mean, it carries a 1/B^2 factor, which is why
-    GPx needs larger alphas (Supplement I.2, I.3)."""
+    """GPx (Section 4): a penalty on the input gradient of the loss, ``||g_x||^2 =
+    ||d/dx l(x, y)||^2`` (Drucker & LeCun 1992; Rifai et al. 2011; Varga et al. 2018).
+
+    ``reduction`` says over what the input gradient is taken (the two readings of the
+    paper's formula; ``fisherlab.training.train_config.GPX_REDUCTIONS``):
+
+    ``"per_example"`` (default), the mean over the batch of each example's squared
+    input-gradient norm::
+
+        alpha * (1/B) sum_i || d l(x_i, y_i) / d x_i ||^2
+
+    ``"batch_mean"``, the squared norm of the input gradient of the mini-batch mean loss,
+    the form GP takes for the parameters::
+
+        alpha * || d/dX (1/B) sum_i l(x_i, y_i) ||^2  =  alpha * (1/B^2) sum_i ||d l_i / d x_i||^2
+
+    which is the per-example penalty divided by B (1/B^2 of the per-example sum): at the
+    same alpha it is B times weaker (128x at the paper's batch size).
+
+    Why per-example is the default: the paper defines GPx as ``||d/dx l(x, y)||^2`` with
+    ``l(x, y)`` the loss of one example (Section 2), where it calls GP and GPr "the
+    mini-batch gradient"; the works it cites for GPx penalise each example's input
+    gradient (or input-output Jacobian); and it found larger alphas necessary for GPx
+    "in some experiments" (I.2), not the uniform factor B of the mini-batch reading. The
+    larger GPx grid of I.3 ({10, ..., 1000}) fits either reading, so ``batch_mean``
+    stays available (config key ``gpx_reduction``).
+
+    Examples interact in the forward pass only through BatchNorm in training mode. There
+    both readings use the input gradient of the batch's summed loss, whose row i also
+    carries the other examples' losses through the batch statistics (the exact diagonal
+    d l_i / d x_i would cost B backward passes), so that ``per_example`` is exactly B
+    times ``batch_mean`` for every model; without such coupling (no BN, or BN in eval
+    mode) row i is exactly d l(x_i, y_i) / d x_i."""
 
     name = "gpx"
+
+    def __init__(self, alpha: float, every: int = 10, start_epoch: int = 0, seed: int = 0,
+                 reduction: str = GPX_REDUCTIONS[0]):  # fmt: skip
+        super().__init__(alpha, every, start_epoch, seed)
+        if reduction not in GPX_REDUCTIONS:
+            raise ValueError(f"reduction must be one of {GPX_REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
 
     def needs_input_grad(self) -> bool:
         return True
 
     def penalised_gradient(self, model, params, x, y, logits, loss):
         grads = _graph_grad(loss, [x, *params])
-        return [grads[0]], [g.detach() for g in grads[1:]]
+        gx = grads[0]  # d/dX of the batch mean: row i is (1/B) d l_i / d x_i
+        if self.reduction == "per_example":
+            # (1/B) sum_i ||B gx_i||^2 = ||sqrt(B) gx||^2: the penalty is the sum of squares of v
+            gx = gx * math.sqrt(x.shape[0])
+        return [gx], [g.detach() for g in grads[1:]]
 
 
 class Mixup(Regularizer):

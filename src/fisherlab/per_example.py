@@ -1,5 +1,11 @@
 """Per-example squared gradient norms ||g(x_i, y_i)||^2, computed layer by layer.
 
+What is differentiated is a list of terms (:class:`Term`): a loss (the likelihood's,
+cross-entropy by default, :mod:`fisherlab.likelihoods`) with its targets, an optional per-example
+weight and the column of the result it adds to; :func:`likelihood_terms` builds them for
+sampled labels (Eq. 2), every label with its probability (exact), or the data's targets,
+with one column per position of a sequence output.
+
 This is the engine behind :func:`fisherlab.trace_fisher` (Eq. 2). The parameters of a
 network split into disjoint layers, so for every example
 
@@ -45,19 +51,39 @@ import contextlib
 import functools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from .batches import (Inputs, OutputFn, batch_size, batched_keys, call_model, iter_batches, model_device, pick_output,
+                      split_inputs)
+from .likelihoods import Likelihood, get_likelihood, summed_loss
 from .models.layers import Bias, Scale
 
 Strategy = Literal["auto", "ghost", "materialise"]
-LabelSets = Sequence[tuple[Tensor, Tensor | None]]
-"""A list of (labels (B,), weights (B,) or None): the per-example norms are summed over
-the list, each weighted per example."""
+Positions = Literal["each", "sequence"]
+
+
+@dataclass
+class Term:
+    """One loss whose per-example squared gradient norms are wanted:
+    ``loss(output, targets)`` is the sum over the chunk's examples of their losses
+    (the examples must not interact: eval-mode BatchNorm), ``targets`` has the example on
+    its first axis (sliced per example on the torch.func path). The norms, times
+    ``weight`` (N,) if given, are added into column ``slot`` of the result."""
+
+    targets: Tensor
+    loss: Callable[[Tensor, Tensor], Tensor]
+    weight: Tensor | None = None
+    slot: int = 0
+
+
+TermsFn = Callable[[Tensor], Sequence[Term]]
+"""Given the chunk's detached output, the terms to measure (labels are sampled or
+enumerated from it)."""
 
 
 @dataclass
@@ -83,6 +109,9 @@ class _Recorder:
     sq: Tensor | float = 0.0  # sum over the layers seen so far in the current backward
     fired: int = 0  # how many layer-output hooks ran in the current backward
     cache: dict = field(default_factory=dict)  # scratch buffers shared between layers
+    batch: int = 0  # examples in the chunk (0: not checked)
+    per_layer: bool = False  # also keep each layer's norms (in ``layer_sq``)
+    layer_sq: dict = field(default_factory=dict)  # module -> (N,) of the current backward
 
     def hook(self, module, args, kwargs, output):
         if (
@@ -91,6 +120,19 @@ class _Recorder:
             or any(c.module is module for c in self.calls)
         ):
             self.usable = False
+            return
+        replaced = None
+        if self.batch > 1 and output.dim() >= 1 and output.shape[0] == 1:
+            # A layer applied once to a batch of one whose output is broadcast to every
+            # example (a position embedding of arange(L)[None], as in BERT): make the
+            # broadcast explicit, so that d loss / d output, and hence the layer's
+            # per-example gradient J^T delta_i, is per example rather than summed.
+            n = self.batch
+            output = replaced = output.expand(n, *output.shape[1:])
+            args = tuple(a.expand(n, *a.shape[1:]) if isinstance(a, Tensor) and a.dim() >= 1 and a.shape[0] == 1
+                         else a for a in args)  # fmt: skip
+        elif self.batch and (output.dim() == 0 or output.shape[0] != self.batch):
+            self.usable = False  # the leading dimension is not the examples' (e.g. sequence-first)
             return
         if type(module) is Bias:
             args = ()
@@ -105,6 +147,7 @@ class _Recorder:
             # nor its gradient outlives its use: the memory held is what autograd holds.
             output.register_hook(functools.partial(self.on_grad, call))
         self.calls.append(call)
+        return replaced
 
     def changed(self) -> bool:
         """Whether an input (or a held output) of a recorded module changed in place."""
@@ -116,7 +159,10 @@ class _Recorder:
 
     def on_grad(self, call: _Call, g: Tensor) -> None:
         self.fired += 1
-        self.sq = self.sq + _layer_sq_norms(call, g.detach(), self.strategy, self.cache)
+        sq = _layer_sq_norms(call, g.detach(), self.strategy, self.cache)
+        self.sq = self.sq + sq
+        if self.per_layer:
+            self.layer_sq[call.module] = sq
 
 
 def parameterised_modules(model: nn.Module) -> list[nn.Module]:
@@ -126,11 +172,16 @@ def parameterised_modules(model: nn.Module) -> list[nn.Module]:
     ]
 
 
+def module_names(model: nn.Module) -> dict[nn.Module, str]:
+    """Each parameterised module's name in ``model.named_modules()`` ("" for the root)."""
+    return {m: n for n, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=False))}
+
+
 @contextlib.contextmanager
 def _recording(
-    model: nn.Module, keep_outputs: bool = False, strategy: Strategy = "auto"
+    model: nn.Module, keep_outputs: bool = False, strategy: Strategy = "auto", per_layer: bool = False
 ) -> Iterator[_Recorder]:
-    rec = _Recorder(parameterised_modules(model), keep_outputs, strategy)
+    rec = _Recorder(parameterised_modules(model), keep_outputs, strategy, per_layer=per_layer)
     try:
         for m in rec.modules:
             rec.handles.append(m.register_forward_hook(rec.hook, with_kwargs=True))
@@ -445,24 +496,35 @@ def _layer_sq_norms(
 
 # --------------------------------------------------------------------------- models
 
+SqNorms = tuple[Tensor, dict[str, Tensor] | None]
+"""(N, S) per-example squared norms per slot, and with ``per_layer`` the same per
+parameterised module (name -> (N, S)), which sum to the first."""
+
 
 def _per_layer_sq_norms(
-    model: nn.Module, x: Tensor, label_fn: Callable[[Tensor], LabelSets], strategy: Strategy
-) -> Tensor | None:
-    """One forward, one backward per label set; None if the model is not decomposable.
+    model: nn.Module,
+    inputs: Inputs,
+    terms_fn: TermsFn,
+    strategy: Strategy,
+    output_fn: OutputFn | None = None,
+    per_layer: bool = False,
+) -> SqNorms | None:
+    """One forward, one backward per term; None if the model is not decomposable.
 
     Each backward computes the gradient w.r.t. the (floating-point) input only, so
     autograd skips every weight gradient, and a hook on each layer output turns
     d loss / d output into that layer's per-example squared norms as soon as it exists.
-    With a non-float input (token ids) the gradients are taken w.r.t. the layer outputs
-    instead, which then stay alive until the end.
+    With a non-float input (token ids) or a mapping of inputs the gradients are taken
+    w.r.t. the layer outputs instead, which then stay alive until the end.
     """
-    xg = x.detach().requires_grad_() if x.is_floating_point() else None
-    with _recording(model, keep_outputs=xg is None, strategy=strategy) as rec:
+    x = inputs if isinstance(inputs, Tensor) and inputs.is_floating_point() else None
+    xg = x.detach().requires_grad_() if x is not None else None
+    with _recording(model, keep_outputs=xg is None, strategy=strategy, per_layer=per_layer) as rec:
         _check_batchnorm(rec.modules)
-        logits = model(x if xg is None else xg.clone())  # clone: the model may edit x in place
+        rec.batch = batch_size(inputs)
+        out = call_model(model, inputs if xg is None else xg.clone(), output_fn)  # clone: the model may edit x in place
     try:
-        return _backward_sq_norms(rec, x, xg, logits, label_fn, strategy)
+        return _backward_sq_norms(rec, batch_size(inputs), xg, out, terms_fn, strategy, model)
     finally:
         # The output hooks hold the recorder, and the recorder holds the layers' inputs,
         # which are the hooked outputs of earlier layers: a reference cycle through the
@@ -470,33 +532,38 @@ def _per_layer_sq_norms(
         # leaks its activations.
         rec.calls.clear()
         rec.cache.clear()
+        rec.layer_sq.clear()
 
 
 def _backward_sq_norms(
     rec: _Recorder,
-    x: Tensor,
+    n: int,
     xg: Tensor | None,
-    logits: Tensor,
-    label_fn: Callable[[Tensor], LabelSets],
+    out: Tensor,
+    terms_fn: TermsFn,
     strategy: Strategy,
-) -> Tensor | None:
+    model: nn.Module,
+) -> SqNorms | None:
     if not rec.usable or not rec.calls or rec.changed():
         return None
-    if max(_parameter_uses(logits).values(), default=0) > 1:
+    if max(_parameter_uses(out).values(), default=0) > 1:
         return None  # a parameter enters the graph twice (weight tying): not decomposable
-    label_sets = label_fn(logits.detach())
-    total = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device)
-    for k, (y, w) in enumerate(label_sets):
-        loss = F.cross_entropy(logits, y, reduction="sum")
-        last = k == len(label_sets) - 1
+    terms = terms_fn(out.detach())
+    total = torch.zeros(n, max(t.slot for t in terms) + 1, dtype=out.dtype, device=out.device)
+    names = module_names(model) if rec.per_layer else None
+    layers = {name: torch.zeros_like(total) for name in names.values()} if names is not None else None
+    for k, term in enumerate(terms):
+        loss = term.loss(out, term.targets)
+        last = k == len(terms) - 1
         if xg is None:
             outputs = [c.output for c in rec.calls]
             deltas = torch.autograd.grad(loss, outputs, retain_graph=not last, allow_unused=True)
-            sq = sum(
-                _layer_sq_norms(c, dl.detach(), strategy, rec.cache)
+            rec.layer_sq = {
+                c.module: _layer_sq_norms(c, dl.detach(), strategy, rec.cache)
                 for c, dl in zip(rec.calls, deltas)
                 if dl is not None
-            )
+            }
+            sq = sum(rec.layer_sq.values())
         else:
             rec.sq, rec.fired = 0.0, 0
             torch.autograd.grad(loss, xg, retain_graph=not last, allow_unused=True)
@@ -505,71 +572,266 @@ def _backward_sq_norms(
                 # the two cannot be told apart here, so take the whole-model path
                 return None
             sq = rec.sq
-        total += sq if w is None else w * sq
-    return total
+        _add_term(total, layers, term, sq, ((names[m], lsq) for m, lsq in rec.layer_sq.items()))
+    return total, layers
+
+
+def _add_term(total: Tensor, layers: dict[str, Tensor] | None, term: Term, sq: Tensor, parts) -> None:
+    """Add one term's per-example squared norms ``sq`` (N,), times its weight if any, into
+    column ``term.slot`` of ``total``, and each ``(module name, its part)`` of ``parts``
+    into that module's table of ``layers`` (when per-layer norms are wanted)."""
+    w = term.weight
+    total[:, term.slot] += sq if w is None else w * sq
+    if layers is not None:
+        for name, part in parts:
+            layers[name][:, term.slot] += part if w is None else w * part
+
+
+def _accumulators(model: nn.Module, inputs: Inputs, terms_fn: TermsFn, output_fn: OutputFn | None,
+                  modules, per_layer: bool):
+    """What the whole-model paths start from: the output of a no-grad forward pass, its
+    terms, the (N, slots) total and, with ``per_layer``, one such table per module name."""
+    with torch.no_grad():
+        out = call_model(model, inputs, output_fn)
+    terms = terms_fn(out)
+    total = torch.zeros(batch_size(inputs), max(t.slot for t in terms) + 1, dtype=out.dtype, device=out.device)
+    layers = {m: torch.zeros_like(total) for m in modules} if per_layer else None
+    return out, terms, total, layers
 
 
 def _func_sq_norms(
-    model: nn.Module, x: Tensor, label_fn: Callable[[Tensor], LabelSets]
-) -> Tensor:
+    model: nn.Module,
+    inputs: Inputs,
+    terms_fn: TermsFn,
+    output_fn: OutputFn | None = None,
+    per_layer: bool = False,
+) -> SqNorms:
     """The always-correct path: vmap(grad) over the whole model (torch.func)."""
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
+    if isinstance(inputs, Tensor):
+        batched, static = inputs, {}
+    else:
+        keys = batched_keys(inputs)
+        batched = {k: inputs[k] for k in keys}
+        static = {k: v for k, v in inputs.items() if k not in keys}
 
-    def loss_i(p, x_i, y_i):
-        out = functional_call(model, (p, buffers), (x_i.unsqueeze(0),))
-        return F.cross_entropy(out, y_i.unsqueeze(0), reduction="sum")
+    def loss_i(p, x_i, y_i, loss):
+        if isinstance(x_i, Tensor):
+            raw = functional_call(model, (p, buffers), (x_i.unsqueeze(0),))
+        else:
+            kwargs = {**static, **{k: v.unsqueeze(0) for k, v in x_i.items()}}
+            raw = functional_call(model, (p, buffers), (), kwargs)
+        return loss(pick_output(raw, output_fn), y_i.unsqueeze(0))
 
-    with torch.no_grad():
-        logits = model(x)
-    total = torch.zeros(x.shape[0], dtype=logits.dtype, device=logits.device)
-    for y, w in label_fn(logits):
-        per = vmap(grad(loss_i), in_dims=(None, 0, 0))(params, x, y)
-        sq = sum(v.reshape(v.shape[0], -1).pow(2).sum(1) for v in per.values())
-        total += sq if w is None else w * sq
-    return total
+    owner = {name: name.rpartition(".")[0] for name in params}
+    out, terms, total, layers = _accumulators(model, inputs, terms_fn, output_fn, owner.values(), per_layer)
+    for term in terms:
+        per = vmap(grad(functools.partial(_call_loss, loss_i, term.loss)), in_dims=(None, 0, 0))(
+            params, batched, term.targets
+        )
+        sqs = {name: v.reshape(v.shape[0], -1).pow(2).sum(1) for name, v in per.items()}
+        _add_term(total, layers, term, sum(sqs.values()), ((owner[name], psq) for name, psq in sqs.items()))
+    return total, layers
+
+
+def _call_loss(loss_i, loss, p, x_i, y_i):
+    return loss_i(p, x_i, y_i, loss)
+
+
+def _loop_sq_norms(
+    model: nn.Module,
+    inputs: Inputs,
+    terms_fn: TermsFn,
+    output_fn: OutputFn | None = None,
+    per_layer: bool = False,
+) -> SqNorms:
+    """The last resort: one forward and one ordinary backward per example and term, for
+    models that ``vmap`` cannot batch (data-dependent control flow, such as the attention
+    masks of Hugging Face models)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    owner = [name.rpartition(".")[0] for name, _ in named]
+    out, terms, total, layers = _accumulators(model, inputs, terms_fn, output_fn, owner, per_layer)
+    for i, x_i in enumerate(split_inputs(inputs, 1)):
+        out_i = call_model(model, x_i, output_fn)
+        for k, term in enumerate(terms):
+            grads = torch.autograd.grad(term.loss(out_i, term.targets[i : i + 1]), params,
+                                        retain_graph=k < len(terms) - 1, allow_unused=True)  # fmt: skip
+            sqs = [torch.zeros((), dtype=out.dtype, device=out.device) if g is None else g.pow(2).sum() for g in grads]
+            w = 1.0 if term.weight is None else term.weight[i]
+            total[i, term.slot] += w * sum(sqs)
+            if layers is not None:
+                for m, psq in zip(owner, sqs):
+                    layers[m][i, term.slot] += w * psq
+    return total, layers
 
 
 def chunk_sq_norms(
     model: nn.Module,
-    x: Tensor,
-    label_fn: Callable[[Tensor], LabelSets],
+    inputs: Inputs,
+    terms_fn: TermsFn,
     *,
-    method: Literal["auto", "func"] = "auto",
+    output_fn: OutputFn | None = None,
+    method: Literal["auto", "func", "loop"] = "auto",
     strategy: Strategy = "auto",
-) -> Tensor:
-    """sum_k w_k * ||g(x_i, y_k,i)||^2 for one chunk, over the label sets from ``label_fn``.
+    per_layer: bool = False,
+) -> SqNorms:
+    """sum_k w_k * ||g_k(x_i)||^2 for one chunk, one column per slot, over the terms
+    from ``terms_fn`` (g_k: the gradient of term k's loss for example i).
 
-    ``label_fn`` receives the detached logits of the chunk, so labels can be sampled
+    ``method="auto"``: layer by layer where the model decomposes, else ``vmap(grad)``
+    over the whole model, else (a model vmap cannot batch) one backward per example;
+    ``"func"``: ``vmap(grad)`` only; ``"loop"``: one backward per example only.
+
+    ``terms_fn`` receives the detached output of the chunk, so labels can be sampled
     from p(y|x) (Eq. 2) or enumerated with weights p(y|x).
     """
+    if method not in ("auto", "func", "loop"):
+        raise ValueError(f"method must be 'auto', 'func' or 'loop'; got {method!r}")
+    terms_fn = _once(terms_fn)  # a path that gives up must not draw the labels again
     with torch.enable_grad():
         if method == "auto":
-            sq = _per_layer_sq_norms(model, x, label_fn, strategy)
-            if sq is not None:
-                return sq.detach()
-        return _func_sq_norms(model, x, label_fn).detach()
+            got = _per_layer_sq_norms(model, inputs, terms_fn, strategy, output_fn, per_layer)
+            if got is not None:
+                return _detached(got)
+        if method in ("auto", "func"):
+            try:
+                return _detached(_func_sq_norms(model, inputs, terms_fn, output_fn, per_layer))
+            except RuntimeError as e:
+                if method == "func" or "vmap" not in str(e):
+                    raise
+        return _detached(_loop_sq_norms(model, inputs, terms_fn, output_fn, per_layer))
+
+
+def _once(terms_fn: TermsFn) -> TermsFn:
+    """``terms_fn`` evaluated on the first output it gets; later calls reuse its terms."""
+    memo: list = []
+
+    def once(out: Tensor) -> Sequence[Term]:
+        if not memo:
+            memo.append(terms_fn(out))
+        return memo[0]
+
+    return once
+
+
+def _detached(got: SqNorms) -> SqNorms:
+    sq, layers = got
+    return sq.detach(), None if layers is None else {k: v.detach() for k, v in layers.items()}
+
+
+# --------------------------------------------------------------------------- likelihood terms
+
+
+def event_positions(output: Tensor, positions: Positions) -> int:
+    """How many positions an output (N, *P, C) has as examples: prod(P) with
+    ``positions="each"`` (1 for an (N, C) output), 1 with ``positions="sequence"``."""
+    if positions not in ("each", "sequence"):
+        raise ValueError(f"positions must be 'each' (every position of an (N, *P, C) output is an example) "
+                         f"or 'sequence' (an example's loss is summed over its positions); got {positions!r}")
+    if output.dim() < 2:
+        raise ValueError(f"the model output must be (N, C) or (N, *P, C); got shape {tuple(output.shape)}")
+    if positions == "sequence" or output.dim() == 2:
+        return 1
+    return output[0, ..., 0].numel()
+
+
+def likelihood_terms(
+    likelihood: Likelihood,
+    output: Tensor,
+    labels: str | Tensor,
+    positions: Positions = "each",
+    generator: torch.Generator | None = None,
+) -> list[Term]:
+    """The terms of a measurement on the (detached) ``output`` (N, C) or (N, *P, C):
+
+    - ``labels="sample"``: one label per example (per position) drawn from the
+      likelihood, yhat ~ p(y | output) (Eq. 2);
+    - ``labels="exact"``: every label the likelihood enumerates, each weighted
+      (``likelihood.enumerate``), so the sum is the expectation over yhat;
+    - a tensor: these targets (the data's labels).
+
+    With ``positions="each"`` and an output with position axes P, position t of every
+    example is its own example: slot t of the result is ||d loss(x, y_t) / d theta||^2
+    with loss(x, y_t) the loss of the output at position t alone. Otherwise one slot:
+    the loss of an example summed over its positions."""
+    T = event_positions(output, positions)
+    if isinstance(labels, Tensor):
+        target = labels
+    elif labels == "sample":
+        target = likelihood.sample(output, generator)
+    elif labels == "exact":
+        target = None
+        if not callable(getattr(likelihood, "enumerate", None)):
+            raise ValueError(f"exact=True needs a likelihood with enumerate(output); {likelihood!r} has none")
+    else:
+        raise ValueError(f"labels must be 'sample', 'exact' or a tensor; got {labels!r}")
+    if target is not None and target.shape[0] != output.shape[0]:
+        raise ValueError(f"{target.shape[0]} targets for {output.shape[0]} outputs")
+    if T == 1:
+        loss = functools.partial(summed_loss, likelihood)
+        if target is not None:
+            return [Term(target, loss)]
+        return [Term(y, loss, w) for y, w in likelihood.enumerate(output)]
+    lead = target.dim() - (output.dim() - 1) if target is not None else 0
+    terms = []
+    for t in range(T):
+        loss = functools.partial(_position_loss, likelihood, t, T)
+        if target is not None:
+            terms.append(Term(target.reshape(target.shape[0], T, *target.shape[target.dim() - lead :])[:, t], loss,
+                              slot=t))  # fmt: skip
+        else:
+            out_t = output.reshape(output.shape[0], T, output.shape[-1])[:, t]
+            terms += [Term(y, loss, w, slot=t) for y, w in likelihood.enumerate(out_t)]
+    return terms
+
+
+def _position_loss(likelihood: Likelihood, t: int, T: int, output: Tensor, target: Tensor) -> Tensor:
+    return summed_loss(likelihood, output.reshape(output.shape[0], T, output.shape[-1])[:, t], target)
 
 
 def per_example_grad_sq_norms(
     model: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
+    data: Any,
+    targets: Tensor | None = None,
     *,
+    likelihood: Likelihood | str | None = None,
+    output_fn: OutputFn | None = None,
+    positions: Positions = "each",
     chunk_size: int = 128,
-    method: Literal["auto", "func"] = "auto",
+    method: Literal["auto", "func", "loop"] = "auto",
     strategy: Strategy = "auto",
+    target_key: str = "labels",
+    batch_fn: Callable[[Any], Any] | None = None,
 ) -> Tensor:
-    """||g(x_i, y_i)||^2 for each example, with g the gradient of the cross-entropy loss.
+    """||g(x_i, y_i)||^2 for each example, g the gradient of -log p(y_i | f(x_i)) (the
+    likelihood's loss; default: cross-entropy) w.r.t. the trainable parameters.
+
+    ``data``: ``(model, inputs, targets)``, an ``(inputs, targets)`` pair, a mapping with
+    a ``target_key`` entry, or an iterable of such batches (:mod:`fisherlab.batches`);
+    the targets are required. An output (N, *P, C) with ``positions="each"`` gives one
+    value per position, (N, *P): the gradient of the loss at that position alone.
 
     Computed layer by layer (ghost norm or materialised per-example gradients, whichever
     is cheaper per layer), ``chunk_size`` examples at a time. The model's train/eval
     mode is used as it is; per-example gradients need BatchNorm in eval mode.
 
-    Returns a (N,) tensor.
+    Returns a (N,) tensor (N, *P per position), concatenated over the batches.
     """
-    out = [
-        chunk_sq_norms(model, xc, lambda _l, yc=yc: [(yc, None)], method=method, strategy=strategy)
-        for xc, yc in zip(inputs.split(chunk_size), targets.split(chunk_size))
-    ]
+    lik = get_likelihood(likelihood)
+    out = []
+    for batch in iter_batches(data, targets, target_key=target_key, batch_fn=batch_fn, device=model_device(model)):
+        if batch.targets is None:
+            raise ValueError("per_example_grad_sq_norms needs targets: pass (inputs, targets) or targets=")
+        ys = batch.targets.split(chunk_size)
+        for xc, yc in zip(split_inputs(batch.inputs, chunk_size), ys):
+            shape: list = []
+
+            def terms_fn(o, yc=yc, shape=shape):
+                shape[:] = [o.shape[0], *o.shape[1:-1]] if event_positions(o, positions) > 1 else [o.shape[0]]
+                return likelihood_terms(lik, o, yc, positions)
+
+            sq, _ = chunk_sq_norms(model, xc, terms_fn, output_fn=output_fn, method=method, strategy=strategy)
+            out.append(sq.reshape(shape))
     return torch.cat(out)

@@ -5,13 +5,24 @@ import re
 import signal
 import sys
 
-from snakemake.utils import validate
+from snakemake.exceptions import WorkflowError
 
-
-validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # this checkout's fisherlab (torch-free import)
+from fisherlab.config_guard import ConfigError, plain_text_notes, validate_config  # noqa: E402
 from fisherlab.plan import RUNS, SELECTIONS, build_plan, data_files, fisher_penalty, noisy, summaries, sweeps  # noqa: E402
+from fisherlab.plan import miniature  # noqa: E402
+from fisherlab.report import registry  # noqa: E402  (the figures: one entry each)
+from fisherlab.runs.rundir import RunDir  # noqa: E402  (the files of a run: one owner)
+
+try:  # the schema, and what it cannot say: NaN and infinity pass its minimum and maximum
+    validate_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+except ConfigError as e:
+    raise WorkflowError(f"Error validating config file (workflow/schemas/config.schema.yaml): {e}") from None
+config.update(miniature.shrink(config))  # configs/miniature.yaml: the same DAG at toy size, before any consumer reads it
+# The notes are spliced into the reST captions of --report (workflow/report/*.rst): escaped,
+# they are plain text there, never directives (include, raw), roles or targets.
+config["report_notes"] = plain_text_notes(config["report_notes"])
 
 PLAN = build_plan(config)  # every run and selection of every family, by id
 ADOPTED = [r.id for r in PLAN.adopted()]  # runs copied from a selected grid run
@@ -26,15 +37,18 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def run_outputs(prefix):
-    """The named outputs of a training run under ``prefix``."""
-    files = {"summary": "summary.json", "metrics": "metrics.csv", "curvature": "curvature.csv", "model": "model.pt"}
-    return {name: prefix + file for name, file in files.items()}
+RUN = RunDir.of("{run}")  # the files of the run of a job's {run} wildcard
 
 
-def runs_of(family=None, file="summary.json", **fields):
+def runs_of(family=None, file=RunDir.SUMMARY, **fields):
     """The ``file`` of every run of ``family`` whose summary fields match (fisherlab.plan)."""
     return summaries(PLAN.select(family, **fields), file)
+
+
+def caption_of(fig):
+    """A figure's report caption, workflow/report/<fig>.rst (figure.rst adds its note)."""
+    with open(os.path.join(workflow.basedir, "workflow/report", f"{fig}.rst")) as f:
+        return f.read()
 
 
 def table_outputs(names):
@@ -86,7 +100,7 @@ def _slurm_resources(gpus, shared=False):
 # (its children inherit that, and the training script installs its own handlers): SLURM's
 # warning before a time limit, or a preemption, then reaches the training script, which
 # saves its state and exits non-zero, instead of killing the step around it; the retry
-# resumes the run (fisherlab.preemption). SIGKILL after KillWait still ends everything.
+# resumes the run (fisherlab.training.preemption). SIGKILL after KillWait still ends everything.
 if os.environ.get("SLURM_STEP_ID", "").isdigit():
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -106,3 +106,36 @@ rule noisy_labels:
         "../../envs/fisherlab.yaml"
     script:
         "../scripts/noisy_labels.py"
+
+
+if miniature.enabled(config):
+    # Miniature mode (configs/miniature.yaml): every dataset, built in or data.local, is
+    # synthetic data of its shape and class count under the miniature's data root, made
+    # here instead of downloaded or read (fisherlab.plan.miniature).
+
+    localrules:
+        prepare_miniature,
+
+    ruleorder: prepare_miniature > prepare_cifar
+    ruleorder: prepare_miniature > prepare_tinyimagenet
+    ruleorder: prepare_miniature > prepare_imagenet
+    ruleorder: prepare_miniature > prepare_synthetic
+    ruleorder: prepare_miniature > prepare_digits
+
+    rule prepare_miniature:
+        output:
+            train=f"{config['data']['root']}/{{mdataset}}/train.npz",
+            test=f"{config['data']['root']}/{{mdataset}}/test.npz",
+        wildcard_constraints:
+            mdataset="[a-z0-9_]+",
+        params:
+            shape=lambda wc: miniature.miniature_shape(config, wc.mdataset),
+            n_train=config["miniature"]["examples"],
+            n_test=config["miniature"]["test_examples"],
+            seed=config["data"]["synthetic"]["seed"],
+        log:
+            "results/logs/prepare/miniature_{mdataset}.log",
+        conda:
+            "../../envs/fisherlab.yaml"
+        script:
+            "../scripts/prepare_miniature.py"

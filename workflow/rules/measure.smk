@@ -1,22 +1,24 @@
 # Tr(H) of a run's final weights (Hutchinson, Supplement B), the model rebuilt from the
-# run's own spec in the plan.
+# run's own spec in the plan; the estimator's settings are the config's hessian block
+# (fisherlab.hessian.HessianSpec).
 
 
 rule trace_hessian:
     input:
         unpack(lambda wc: PLAN.inputs(wc.run)),
-        model=f"{RUNS}/{{run}}/model.pt",
-        summary=f"{RUNS}/{{run}}/summary.json",
+        model=RUN.model,
+        summary=RUN.summary,
     output:
-        f"{RUNS}/{{run}}/hessian.json",
+        RUN.hessian,
     params:
         spec=lambda wc: PLAN.run(wc.run).to_dict(),
         hessian=config["hessian"],
+        snapshots=False,  # Tr(H) of the final weights
         device=config["device"],
     log:
-        f"{RUNS}/{{run}}/hessian.log",
+        RUN.file(RunDir.HESSIAN_LOG),
     benchmark:
-        f"{RUNS}/{{run}}/hessian-benchmark.tsv"
+        RUN.file(RunDir.HESSIAN_BENCHMARK)
     threads: config["threads"]
     resources:
         runtime=lambda wc, attempt: 30 * 2 ** (attempt - 1),

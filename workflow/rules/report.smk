@@ -4,14 +4,13 @@
 localrules:
     tables,
     tables2,
-    fig4,
     hessian_table,
     noisy_tables,
 
 
 TABLES = {1: ["table1", "table4", "table5", "table6"], 2: ["table2", "table7"]}
 NOISY_TABLES = ["table3", "table8", "table9"]
-NOISY_FIGURES = noisy.figures(config)  # figure -> the noisy setting it draws
+FIGURES = registry.enabled(config, PLAN)  # the figures this config draws (fisherlab.report.registry)
 
 
 rule tables:
@@ -43,22 +42,10 @@ use rule tables as tables2 with:
         "results/logs/report/tables2.log",
 
 
-rule fig4:
-    input:
-        runs_of("fisher_penalty", table=1, seed=config["seeds"][0]),
-    output:
-        report("results/fig4.png", caption="../report/fig4.rst", category="Figures"),
-    log:
-        "results/logs/report/fig4.log",
-    conda:
-        "../../envs/fisherlab.yaml"
-    script:
-        "../scripts/report_fig4.py"
-
-
 rule hessian_table:
     input:
-        summaries([r for r in PLAN.runs.values() if r.hessian], "hessian.json"),
+        summaries([r for r in PLAN.runs.values() if r.hessian], RunDir.HESSIAN),
+        summaries([r for r in PLAN.runs.values() if r.hessian]),  # read beside each hessian.json
     output:
         report("results/hessian.csv", caption="../report/hessian.rst", category="Tables"),
     log:
@@ -87,24 +74,47 @@ rule noisy_tables:
         "../scripts/report_noisy_tables.py"
 
 
-for _fig, _setting in NOISY_FIGURES.items():
+rule figure:
+    # every figure of the paper (fisherlab.report.registry): results/<fig>.png and the
+    # points it draws, results/<fig>.csv; its caption workflow/report/<fig>.rst
+    input:
+        lambda wc: registry.inputs(wc.fig, config, PLAN),
+    output:
+        png=report("results/{fig}.png", caption="../report/figure.rst", category="Figures", subcategory="{fig}"),
+        csv=report("results/{fig}.csv", caption="../report/figure.rst", category="Figures", subcategory="{fig}"),
+    wildcard_constraints:
+        fig="|".join(FIGURES) or "(?!)",
+    params:
+        figure=lambda wc: registry.params(wc.fig, config, PLAN),
+        caption=lambda wc: caption_of(wc.fig),
+    localrule: True
+    log:
+        "results/logs/report/{fig}.log",
+    conda:
+        "../../envs/fisherlab.yaml"
+    script:
+        "../scripts/report_figure.py"
 
-    rule:
-        # Figs. 5 and 11 (FP's strengths and the baseline), Fig. 12 (the clean-noisy
-        # gradient cosine): the grid runs at the search seed and the figure's noise
-        name:
-            _fig
-        localrule: True
-        input:
-            noisy.figure_runs(PLAN, config, _fig),
-        output:
-            report(f"results/{_fig}.png", caption=f"../report/{_fig}.rst", category="Figures"),
-        params:
-            setting=_setting,
-            figure=_fig,
-        log:
-            f"results/logs/report/{_fig}.log",
-        conda:
-            "../../envs/fisherlab.yaml"
-        script:
-            "../scripts/report_noisy_figure.py"
+
+# The paper's published Tables 1-9 beside the tables this config makes (Table 1/4/5/6 and
+# Table 2/7 only when the config has such settings; Tables 3/8/9 always).
+PAPER_COMPARED = [t for table, names in TABLES.items() if fisher_penalty.settings_of(config, table) for t in names]
+PAPER_COMPARED += NOISY_TABLES
+
+
+rule paper_comparison:
+    input:
+        **{t: f"results/{t}.csv" for t in PAPER_COMPARED},
+    output:
+        md=report("results/paper_comparison.md", caption="../report/paper_comparison.rst", category="Tables"),
+        csv=report("results/paper_comparison.csv", caption="../report/paper_comparison.rst", category="Tables"),
+        directions="results/paper_directions.csv",
+    params:
+        note=config["report_notes"].get("paper_comparison", ""),
+    localrule: True
+    log:
+        "results/logs/report/paper_comparison.log",
+    conda:
+        "../../envs/fisherlab.yaml"
+    script:
+        "../scripts/report_paper_comparison.py"

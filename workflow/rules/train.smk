@@ -16,14 +16,14 @@ rule train:
     input:
         unpack(lambda wc: PLAN.inputs(wc.run)),
     output:
-        **run_outputs(f"{RUNS}/{{run}}/"),
+        **RUN.outputs(),
     params:
         spec=lambda wc: PLAN.run(wc.run).to_dict(),
         device=config["device"],
     log:
-        f"{RUNS}/{{run}}/train.log",
+        RUN.file(RunDir.TRAIN_LOG),
     benchmark:
-        f"{RUNS}/{{run}}/benchmark.tsv"
+        RUN.file(RunDir.TRAIN_BENCHMARK)
     threads: config["threads"]
     group: gpu_share
     resources:
@@ -41,11 +41,11 @@ rule adopt:
     input:
         unpack(lambda wc: PLAN.adoption_inputs(wc.run)),
     output:
-        **run_outputs(f"{RUNS}/{{run}}/"),
+        **RUN.outputs(),
     wildcard_constraints:
         run="|".join(map(re.escape, ADOPTED)) or "(?!)",
     log:
-        f"{RUNS}/{{run}}/adopt.log",
+        RUN.file(RunDir.ADOPT_LOG),
     conda:
         "../../envs/fisherlab.yaml"
     script:

@@ -1,5 +1,6 @@
 """Data: the canonical ``.npz`` format, synthetic data, validation split and on-device loading."""
 
+from fisherlab.data.checks import check_run_data
 from fisherlab.data.cifar import download_cifar, prepare_cifar, prepare_synthetic, read_cifar_python
 from fisherlab.data.format import DatasetFormatError, ImageDataset, load_dataset, save_dataset
 from fisherlab.data.imagenet import prepare_imagenet, read_imagenet
@@ -14,6 +15,7 @@ __all__ = [
     "ImageDataset",
     "augment_batch",
     "channel_stats",
+    "check_run_data",
     "download_cifar",
     "download_tinyimagenet",
     "load_dataset",

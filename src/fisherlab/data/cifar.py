@@ -105,7 +105,7 @@ def read_cifar_python(
     (50000, 10000); ``None`` (or a ``None`` entry) skips that check.
 
     Raises :class:`DatasetFormatError`, naming the file, if the source, a member or a
-    key is missing, the tarball is truncated or corrupt, a pickle is malformed, data are
+    key is missing, the tarball holds a needed member twice, is truncated or corrupt, a pickle is malformed, data are
     not (N, 3072) uint8 values, label counts or ranges are wrong, the meta file does not
     name exactly 10 / 100 classes, or a split has the wrong number of examples.
     """
@@ -170,11 +170,21 @@ def _read_folder(directory: Path, needed: tuple[str, ...]) -> _Members:
 def _read_tar(path: Path, spec: _Spec, needed: tuple[str, ...]) -> _Members:
     wanted = {f"{spec.folder}/{m}": m for m in needed}
     data: dict[str, bytes] = {}
+    seen: set[str] = set()
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for info in tar:  # one sequential pass: no index of the whole archive needed
-                member = wanted.get(info.name.removeprefix("./"))
-                if member is None or not info.isfile():
+                name = info.name.removeprefix("./")
+                member = wanted.get(name)
+                if member is None:
+                    continue
+                if name in seen:  # extracting it would keep the later copy: which one is meant?
+                    raise DatasetFormatError(
+                        f"{path}: the archive holds member {name} more than once; refusing to guess which "
+                        f"copy is meant (the {spec.archive} distribution holds each member once)"
+                    )
+                seen.add(name)
+                if not info.isfile():
                     continue
                 f = tar.extractfile(info)
                 if f is None:
@@ -330,12 +340,15 @@ def prepare_synthetic(
     num_classes: int = 10,
     image_size: int = 32,
     seed: int = 0,
+    channels: int = 3,
 ) -> tuple[Path, Path]:
-    """Write ``make_synthetic`` RGB data (splits ``"train"`` / ``"test"``) as ``out_dir/train.npz`` / ``test.npz``.
+    """Write ``make_synthetic`` data (RGB, or grey with ``channels=1``; splits ``"train"`` /
+    ``"test"``) as ``out_dir/train.npz`` / ``test.npz``.
 
     A stand-in for CIFAR with the same file layout as :func:`prepare_cifar`; returns
     (train path, test path).
     """
-    train = make_synthetic(n_train, num_classes=num_classes, image_size=image_size, seed=seed, split="train")
-    test = make_synthetic(n_test, num_classes=num_classes, image_size=image_size, seed=seed, split="test")
+    kw = dict(num_classes=num_classes, image_size=image_size, channels=channels, seed=seed)
+    train = make_synthetic(n_train, split="train", **kw)
+    test = make_synthetic(n_test, split="test", **kw)
     return write_splits(out_dir, train, test)

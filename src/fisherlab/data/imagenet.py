@@ -47,11 +47,14 @@ import multiprocessing
 import os
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
 from fisherlab.data.format import DatasetFormatError, ImageDataset, write_splits
+
+if TYPE_CHECKING:  # Pillow is imported where an image is decoded: ``import fisherlab.data`` needs only numpy
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +86,8 @@ def box_resize(img: Image.Image, size: int) -> Image.Image:
     level too high, about +0.5 on average). Other ratios use ``resize(..., Image.BOX)``, as
     Chrabaszcz et al. (2017); there each source pixel goes wholly to one output pixel.
     """
+    from PIL import Image
+
     w, h = img.size
     if (w, h) == (size, size):
         return img
@@ -98,6 +103,8 @@ def decode_image(blob: bytes, size: int, where: str) -> np.ndarray:
     repeated in the three channels). Raises :class:`DatasetFormatError` naming ``where``
     if the bytes do not decode (unknown format, truncated or corrupt data).
     """
+    from PIL import Image
+
     try:
         with Image.open(io.BytesIO(blob)) as im:
             im.load()  # decode now, so that a truncated file fails here

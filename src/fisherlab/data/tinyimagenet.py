@@ -153,14 +153,30 @@ def _open_zip(path: Path) -> _Tree:
     names = set(zf.namelist())
     for prefix in (f"{_FOLDER}/", ""):
         if f"{prefix}wnids.txt" in names:
-            return _Tree(path, zf, prefix)
+            return _refuse_duplicates(_Tree(path, zf, prefix))
     found = sorted(n for n in names if n.count("/") == 1 and n.endswith("/wnids.txt"))
     if len(found) == 1:
-        return _Tree(path, zf, found[0][: -len("wnids.txt")])
+        return _refuse_duplicates(_Tree(path, zf, found[0][: -len("wnids.txt")]))
     zf.close()
     raise DatasetFormatError(
         f"{path}: no {_FOLDER}/wnids.txt in the archive; is it the official {_ARCHIVE}?"
     )
+
+
+def _refuse_duplicates(tree: _Tree) -> _Tree:
+    """A zip may hold two entries of one name; reading it would silently take the later
+    one. Refuse the archive, naming the first such member under the tree's folder."""
+    seen: set[str] = set()
+    for name in tree.zf.namelist():
+        if name.startswith(tree.prefix) and not name.endswith("/"):
+            if name in seen:
+                tree.zf.close()
+                raise DatasetFormatError(
+                    f"{tree.origin}: the archive holds member {name} more than once; refusing to guess which "
+                    f"copy is meant (the official {_ARCHIVE} holds each member once)"
+                )
+            seen.add(name)
+    return tree
 
 
 def _open_source(source: Path) -> _Tree:
@@ -312,7 +328,7 @@ def read_tinyimagenet(
     a ``None`` entry) skips it.
 
     Raises :class:`DatasetFormatError`, naming the file or member, if the zip is truncated
-    or corrupt; ``wnids.txt`` or ``val/val_annotations.txt`` is missing or malformed; a
+    or corrupt, or holds a member twice; ``wnids.txt`` or ``val/val_annotations.txt`` is missing or malformed; a
     wnid's ``train/<wnid>/images/`` folder is missing or empty, or ``train/`` holds a folder
     that is not a listed wnid; an annotation names an unknown wnid or a missing image, or a
     val image has no annotation; an image does not decode; or a split has the wrong size.

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import he_bn_init_
 from .registry import register
 
 
@@ -91,12 +92,7 @@ class DenseNet(nn.Module):
         self.bn = nn.BatchNorm2d(c)
         self.fc = nn.Linear(c, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_bn_init_(self)  # the convolutions have no bias
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -39,11 +39,13 @@ default). ``small_input=True`` is for 32x32 images (e.g. downsampled ImageNet).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import register
-from .layers import Bias, Scale
+from .layers import Bias, Scale, residual_stages
 
 
 def _he_(conv: nn.Conv2d, scale: float = 1.0) -> None:
@@ -98,14 +100,8 @@ class FixupResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
         _he_(self.conv1)
         self.bias1 = Bias()
-        stages, cin = [], width
-        for i, n in enumerate(layers):
-            cout = width * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(FixupBasicBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, L))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
+        widths = [width * 2**i for i in range(len(layers))]
+        stages, cin = residual_stages(partial(FixupBasicBlock, num_branches=L), width, widths, layers)
         self.stages = nn.Sequential(*stages)
         self.bias2 = Bias()
         self.fc = nn.Linear(cin, num_classes)

@@ -52,10 +52,12 @@ default initialisation, as in their code.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
+from .layers import residual_stages
 from .registry import register
 
 DEPTHS = {26: 4, 32: 5, 52: 8, 56: 9}
@@ -108,14 +110,8 @@ class CifarResNet(nn.Module):
         self.depth, self.blocks_per_stage = depth, n
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1)
         arpit_init_(self.conv1, 2.0)
-        stages, cin = [], width
-        for i in range(3):
-            cout = width * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(ResidualBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, n))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
+        widths = (width, 2 * width, 4 * width)
+        stages, cin = residual_stages(partial(ResidualBlock, blocks_per_stage=n), width, widths, [n] * 3)
         self.stage1, self.stage2, self.stage3 = stages
         self.fc = nn.Linear(cin, num_classes)
 

@@ -39,18 +39,13 @@ layer PyTorch's default weight and a zero bias; SkipInit scalars 0.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import register
-from .layers import Scale
-
-
-def he_normal_fan_out_(conv: nn.Conv2d) -> None:
-    """w ~ N(0, 2 / (k_h * k_w * out_channels)), bias 0 (He et al. 2015, fan-out mode)."""
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
+from .layers import Scale, he_bn_init_, residual_stages
 
 
 class WideBlock(nn.Module):
@@ -99,23 +94,12 @@ class WideResNet(nn.Module):
         widths = (16 * width, 32 * width, 64 * width)
         self.depth, self.width, self.blocks_per_stage = depth, width, n
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=not norm)
-        stages, cin = [], 16
-        for i, cout in enumerate(widths):
-            blocks = []
-            for j in range(n):
-                blocks.append(WideBlock(cin, cout, 2 if (i > 0 and j == 0) else 1, norm))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
+        stages, cin = residual_stages(partial(WideBlock, norm=norm), 16, widths, [n] * 3)
         self.stage1, self.stage2, self.stage3 = stages
         self.bn = nn.BatchNorm2d(cin) if norm else nn.Identity()
         self.fc = nn.Linear(cin, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                he_normal_fan_out_(m)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_bn_init_(self)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:

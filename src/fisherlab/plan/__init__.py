@@ -33,6 +33,8 @@ from .core import (
     fmt,
     read_selection,
 )
+from ..runs.rundir import RunDir
+from ..runs.selection import SelectionError
 from .settings import MODEL_COST, data_files
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "PlanError",
     "Ref",
     "RunSpec",
+    "SelectionError",
     "SelectionSpec",
     "build_plan",
     "data_files",
@@ -106,9 +109,9 @@ class Plan:
         return {"choice": path, "grid": self.selection_at(path).inputs()}
 
 
-def summaries(runs: Iterable[RunSpec], file: str = "summary.json") -> list[str]:
-    """The paths of ``file`` in each run's directory."""
-    return [f"{r.path}/{file}" for r in runs]
+def summaries(runs: Iterable[RunSpec], file: str = RunDir.SUMMARY) -> list[str]:
+    """The paths of ``file`` (a name of :class:`~fisherlab.runs.rundir.RunDir`) in each run's directory."""
+    return [r.dir.file(file) for r in runs]
 
 
 def build_plan(config: Mapping[str, Any], families: Iterable[str] | None = None) -> Plan:

@@ -13,20 +13,13 @@ in milliseconds.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from ..train_config import TrainConfig
-
-RUNS = "results/runs"  # a run's files: results/runs/<run id>/{summary.json, ...}
-SELECTIONS = "results/selection"  # a selection: results/selection/<selection id>.json
-CHECKPOINTS = "results/checkpoints"  # a run's resumable state, outside its declared outputs
-SELECTION_KEYS = ("key", "value", "source")  # what every selection file holds
+from ..runs.rundir import CHECKPOINTS, RUNS, RunDir  # noqa: F401  (RUNS, CHECKPOINTS: the pipeline's folders)
+from ..runs.selection import SELECTIONS, read_selection
+from ..training.train_config import TrainConfig
 
 
 def strength_name(regularizer: str) -> str:
@@ -78,17 +71,23 @@ class RunSpec:
     adopt: str | None = None  # input name of the selection whose chosen grid run this copies
     hessian: bool = False  # gets a Tr(H) measurement of its final weights
     cost: tuple[int, int] = (60, 8000)  # first-attempt runtime (minutes) and memory (MB)
+    tensorboard: bool = False  # also write TensorBoard event files in <run>/tensorboard (config tensorboard)
 
     @property
     def path(self) -> str:
-        return f"{RUNS}/{self.id}"
+        return self.dir.path
+
+    @property
+    def dir(self) -> RunDir:
+        """The run's files (:class:`fisherlab.runs.rundir.RunDir`)."""
+        return RunDir.of(self.id)
 
     @property
     def checkpoint(self) -> str:
-        return f"{CHECKPOINTS}/{self.id}/checkpoint.pt"
+        return self.dir.checkpoint
 
     def summary(self) -> str:
-        return f"{self.path}/summary.json"
+        return self.dir.summary
 
     def independent(self) -> bool:
         """Whether the run reads nothing that other runs make (no selection, no starting
@@ -125,6 +124,8 @@ class RunSpec:
             if isinstance(v, Ref):
                 out[k] = {"ref": v.name, "scale": v.scale}
         out["cost"] = list(self.cost)
+        if not self.tensorboard:  # absent when off: the train rule's params of existing runs stay unchanged
+            del out["tensorboard"]
         return out
 
     @classmethod
@@ -155,7 +156,7 @@ class SelectionSpec:
         return f"{SELECTIONS}/{self.id}.json"
 
     def inputs(self) -> list[str]:
-        return [] if self.fixed is not None else [f"{RUNS}/{c}/summary.json" for c in self.candidates]
+        return [] if self.fixed is not None else [RunDir.of(c).summary for c in self.candidates]
 
 
 @dataclass
@@ -189,26 +190,3 @@ def family(name: str) -> Callable[[FamilyFn], FamilyFn]:
 
 class PlanError(ValueError):
     """The config asks for something the plan cannot build (a missing setting, ...)."""
-
-
-def read_selection(path: str | os.PathLike) -> dict[str, Any]:
-    """A selection file, checked: a JSON object with ``key``, ``value`` (a finite
-    number) and ``source``. Raises :class:`PlanError` naming the file otherwise (for
-    example a file edited by hand that lost a key)."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as e:
-        raise PlanError(f"cannot read selection file {p}: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise PlanError(f"selection file {p} is not valid JSON ({e}); delete it to redo the selection") from e
-    if not isinstance(data, dict):
-        raise PlanError(f"selection file {p} is not a JSON object; delete it to redo the selection")
-    missing = [k for k in SELECTION_KEYS if k not in data]
-    if missing:
-        raise PlanError(f"selection file {p} lacks {missing} (it needs {list(SELECTION_KEYS)}); "
-                        "delete it to redo the selection")  # fmt: skip
-    value = data["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PlanError(f"selection file {p}: 'value' must be a finite number, got {value!r}")
-    return data

@@ -33,16 +33,19 @@ def settings_of(config: Mapping[str, Any], table: int | None = None) -> list[str
     return [n for n in names if table is None or setting(config, n)["table"] == table]
 
 
-def alpha_grid(v: float) -> list[float]:
-    """10 log-spaced values from 0.1 v to 10 v (Section 4, Supplement I.2)."""
+def alpha_grid(v: float, count: int = 10) -> list[float]:
+    """``count`` log-spaced values from 0.1 v to 10 v (Section 4, Supplement I.2: 10; 5 for
+    TinyImageNet)."""
     lo, hi = math.log10(0.1 * v), math.log10(10 * v)
-    return [float(fmt(10 ** (lo + i * (hi - lo) / 9))) for i in range(10)]
+    if count == 1:
+        return [float(fmt(v))]
+    return [float(fmt(10 ** (lo + i * (hi - lo) / (count - 1)))) for i in range(count)]
 
 
 def regularizers(config: Mapping[str, Any], s: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """A setting's regularizer columns and their searches: its ``regularizers`` block,
     plus SAM on Table 1 settings when ``sam.enabled`` (a ρ grid, or a fixed ρ)."""
-    regs = {r: {"grid": alpha_grid(v["v"]), "fixed": v["alpha"], "kwargs": {"every": v["every"]}}
+    regs = {r: {"grid": alpha_grid(v["v"], v["count"]), "fixed": v["alpha"], "kwargs": {"every": v["every"]}}
             for r, v in s["regularizers"].items()}  # fmt: skip
     if config["sam"]["enabled"] and s["table"] == 1:
         regs["sam"] = {"grid": [float(fmt(r)) for r in config["sam"]["rho_grid"]], "fixed": config["sam"]["rho"],

@@ -8,8 +8,10 @@ config.yaml's ``interventions`` block (a figure's block set to null is left out)
   so it is not trained twice; the figure's lines are its η* and Baseline runs.
 - ``two_phase`` (Figs. 6, 13): phase 1 trains one model per configuration (``high`` and
   ``low`` regularization) for ``phase1_epochs``; phase 2 starts one run per seed from
-  each phase-1 model's final weights (input ``init``) under the low configuration, tests
-  every epoch and keeps the weights of its best test accuracy (``keep_best``) for Tr(H_f).
+  each phase-1 model's final weights (input ``init``) under the low configuration for the
+  rest of ``epochs`` (the count of the whole run, I.4: 20 + 230 = 250, one lr schedule
+  over both phases), tests every epoch and keeps the weights of its best test accuracy
+  (``keep_best``) for Tr(H_f).
 - ``hessian_along`` (Figs. 14, 21): runs that keep their weights every
   ``hessian_every`` epochs (``keep_epochs``, 0 = the initial weights), whose Tr(H) the
   pipeline measures afterwards (one Tr(H) job per run, not inside training).
@@ -28,6 +30,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..hessian.spec import SNAPSHOT_HESSIAN  # noqa: F401  (old import path; RunDir.HESSIAN_SNAPSHOTS)
 from .core import SELECTIONS, FamilyPlan, PlanError, Ref, RunSpec, family, fmt
 from .fisher_penalty import settings_of
 from .settings import base_run, lr_input, lr_search, search_seed, setting
@@ -35,7 +38,6 @@ from .settings import base_run, lr_input, lr_search, search_seed, setting
 #: Each figure of the block and the family that runs it.
 FIGURES = {"fig3": "late_fp", "fig6": "two_phase", "fig13": "two_phase", "fig14": "hessian_along",
            "fig16": "alpha_sweep", "fig17": "alpha_sweep", "fig20": "alpha_sweep", "fig21": "hessian_along"}  # fmt: skip
-SNAPSHOT_HESSIAN = "hessian_snapshots.csv"  # Tr(H) of a run's kept weights, beside its summary
 
 
 def block(config: Mapping[str, Any], fig: str) -> Mapping[str, Any] | None:
@@ -133,14 +135,21 @@ def two_phase_plan(config: Mapping[str, Any], fig: str) -> dict[str, list[RunSpe
     name = b["setting"]
     s = setting(config, name, where=f"interventions.{fig}")
     lr2, bs2 = _hyper(s, b["low"])
+    e1, total = b["phase1_epochs"], b["epochs"]
+    if total <= e1:
+        raise PlanError(f"interventions.{fig}: epochs ({total}) counts phase 1 too and must exceed "
+                        f"phase1_epochs ({e1})")  # fmt: skip
+    # one schedule over the whole run (I.4: the lr drops at 80, 150, 200, training ends at 250):
+    # phase 1 takes its first e1 epochs, phase 2 the rest, its milestones shifted to its own count
+    milestones2 = [m - e1 for m in b["milestones"] if m > e1]
     out = {}
     for level in ("high", "low"):
         lr1, bs1 = _hyper(s, b[level])
         seed1 = b["phase1_seed"]
         p1 = base_run(config, name, f"{name}/two_phase/{tag(lr1, bs1)}_e{b['phase1_epochs']}/seed{seed1}", "two_phase",
-                      seed1, lr1, train={"epochs": b["phase1_epochs"], "batch_size": bs1, "milestones": b["milestones"]},
+                      seed1, lr1, train={"epochs": e1, "batch_size": bs1, "milestones": [m for m in b["milestones"] if m < e1]},
                       fields={"role": "phase1", "batch_size": bs1})  # fmt: skip
-        init = f"{p1.path}/model.pt"  # its final weights: those of epoch phase1_epochs
+        init = p1.dir.model  # its final weights: those of epoch phase1_epochs
         prefix = f"{name}/two_phase/from_{tag(lr1, bs1)}_e{b['phase1_epochs']}_seed{seed1}/{tag(lr2, bs2)}_e{b['epochs']}"
         phase2 = []
         for seed in b["seeds"]:
@@ -148,7 +157,7 @@ def two_phase_plan(config: Mapping[str, Any], fig: str) -> dict[str, list[RunSpe
                 raise PlanError(f"interventions.{fig}: phase 2 needs other seeds than phase 1's ({seed1})")
             phase2.append(base_run(
                 config, name, f"{prefix}/seed{seed}", "two_phase", seed, lr2,
-                train={"epochs": b["epochs"], "batch_size": bs2, "milestones": b["milestones"], "init_weights": init,
+                train={"epochs": total - e1, "batch_size": bs2, "milestones": milestones2, "init_weights": init,
                        "keep_best": "test_acc", "test_every_epoch": True},
                 inputs={"init": init}, fields={"role": "phase2", "batch_size": bs2, "phase1": p1.id}))  # fmt: skip
         out[level] = [p1, *phase2]
@@ -293,9 +302,9 @@ def snapshot_runs(runs: list[RunSpec]) -> list[RunSpec]:
 
 def figure_inputs(config: Mapping[str, Any], fig: str, plan=None) -> list[str]:
     """What figure ``fig``'s rule reads: each run's summary, and the Tr(H) of its kept
-    weights (:data:`SNAPSHOT_HESSIAN`) where it keeps any."""
+    weights (:data:`fisherlab.hessian.SNAPSHOT_HESSIAN`) where it keeps any."""
     runs = figure_runs(config, fig, plan)
-    return [r.summary() for r in runs] + [f"{r.path}/{SNAPSHOT_HESSIAN}" for r in snapshot_runs(runs)]
+    return [r.summary() for r in runs] + [r.dir.hessian_snapshots for r in snapshot_runs(runs)]
 
 
 def figures(config: Mapping[str, Any], plan=None) -> list[str]:

@@ -1,5 +1,5 @@
 """From config.yaml's blocks to the pieces of a run spec: a setting's recipe as
-:class:`~fisherlab.train_config.TrainConfig` fields, its data files, its cost on a
+:class:`~fisherlab.training.train_config.TrainConfig` fields, its data files, its cost on a
 cluster, and the shared lr search (η*) that several families need."""
 
 from __future__ import annotations
@@ -9,8 +9,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from .core import FamilyPlan, PlanError, RunSpec, SelectionSpec, fmt
+from ..training.train_config import GPX_REDUCTIONS
 
-BUILTIN_DATASETS = ("cifar10", "cifar100", "synthetic", "digits", "tinyimagenet", "imagenet")
+#: The built-in datasets as prepared (<data.root>/<name>/{train,test}.npz): image side,
+#: channels, classes and training examples; None: from the config's data.<name> block
+#: (:func:`dataset_shape`). The one table of their shapes (miniature mode copies them).
+DATASETS: dict[str, dict[str, int | None]] = {
+    "cifar10": {"image_size": 32, "channels": 3, "num_classes": 10, "n_train": 50000},
+    "cifar100": {"image_size": 32, "channels": 3, "num_classes": 100, "n_train": 50000},
+    "tinyimagenet": {"image_size": 32, "channels": 3, "num_classes": 200, "n_train": 100000},  # 64 -> 32 (I.2)
+    "imagenet": {"image_size": None, "channels": 3, "num_classes": 1000, "n_train": 1281167},  # data.imagenet.size
+    "digits": {"image_size": None, "channels": 1, "num_classes": 10, "n_train": None},  # 8 x data.digits.factor
+    "synthetic": {"image_size": None, "channels": 3, "num_classes": None, "n_train": None},  # data.synthetic
+}
+BUILTIN_DATASETS = tuple(DATASETS)
 
 #: A setting's keys that are TrainConfig fields (the recipe of every run of it).
 RECIPE_KEYS = ("model", "model_kwargs", "epochs", "batch_size", "momentum", "weight_decay", "milestones",
@@ -63,6 +75,22 @@ def data_files(config: Mapping[str, Any], dataset: str) -> dict[str, str]:
     return {"train": f"{root}/{dataset}/train.npz", "test": f"{root}/{dataset}/test.npz"}
 
 
+def dataset_shape(config: Mapping[str, Any], dataset: str) -> dict[str, int]:
+    """{"image_size", "channels", "num_classes", "n_train"} of a built-in dataset as
+    prepared under ``config`` (:data:`DATASETS`, its None entries from the data block)."""
+    if dataset not in DATASETS:
+        raise PlanError(f"dataset {dataset!r} is not built in ({', '.join(DATASETS)}): its shape is in its files")
+    out, data = dict(DATASETS[dataset]), config["data"]
+    if dataset == "imagenet":
+        out["image_size"] = data["imagenet"]["size"]
+    elif dataset == "digits":
+        out.update(image_size=8 * data["digits"]["factor"], n_train=1797 - data["digits"]["n_test"])
+    elif dataset == "synthetic":
+        syn = data["synthetic"]
+        out.update(image_size=syn["image_size"], num_classes=syn["num_classes"], n_train=syn["n_train"])
+    return out  # type: ignore[return-value]
+
+
 def noise_file(config: Mapping[str, Any], dataset: str, fraction: float, seed: int) -> str:
     return f"{config['data']['root']}/{dataset}/noise/frac{fmt(fraction)}_seed{seed}.csv"
 
@@ -88,9 +116,11 @@ def base_run(config: Mapping[str, Any], name: str, run_id: str, family: str, see
     train = recipe(s, **kw.pop("train", {}))
     inputs = {**data_files(config, s["dataset"]), **kw.pop("inputs", {})}
     fields = {"setting": name, "epsilon": s["epsilon"], **kw.pop("fields", {})}
+    if kw.get("regularizer") == "gpx":  # its reading, always explicit: part of the run's identity
+        kw["reg_kwargs"] = {**kw.get("reg_kwargs", {}), "reduction": config.get("gpx_reduction", GPX_REDUCTIONS[0])}
     return RunSpec(run_id, family, seed, train, lr, inputs=inputs, fields=fields,
                    data={"val_size": s["val_size"], "augment": s["augment"]},
-                   cost=cost(s, train["epochs"]), **kw)  # fmt: skip
+                   cost=cost(s, train["epochs"]), tensorboard=bool(config.get("tensorboard", False)), **kw)  # fmt: skip
 
 
 def lr_selection_id(name: str) -> str:

@@ -4,7 +4,7 @@ A sweep trains one recipe (a setting, usually ``table: 0``) at every value of it
 a list of learning rates at one batch size or a list of batch sizes at one lr
 (Supplement I.1), with ``seeds`` runs per value: ``results/runs/sweeps/<sweep>/
 lr<v>/seed<s>`` (or ``bs<v>``). Each run measures Tr(F) densely until its running
-training loss crosses ε, so that its summary holds Tr(F_i) (:mod:`fisherlab.measures`).
+training loss crosses ε, so that its summary holds Tr(F_i) (:mod:`fisherlab.training.measures`).
 """
 
 from __future__ import annotations

@@ -2,17 +2,23 @@
 one module per job. Nothing here trains, schedules or knows about Snakemake.
 
 - :mod:`~fisherlab.report.summaries`: run summaries into frames;
-- :mod:`~fisherlab.report.selection`: η* and α* on the validation split;
+- :mod:`~fisherlab.report.runcheck`: what a value read from a run file may be;
+- η* and α* on the validation split: :mod:`fisherlab.runs.selection` (re-exported here);
 - :mod:`~fisherlab.report.tables`: Tables 1-9, CSV and Markdown;
 - :mod:`~fisherlab.report.figures`: Figs. 4, 5, 10, 11, 12;
-- :mod:`~fisherlab.report.interventions`: Figs. 3, 6, 13, 14, 16, 17, 20, 21.
+- :mod:`~fisherlab.report.interventions`: Figs. 3, 6, 13, 14, 16, 17, 20, 21;
+- :mod:`~fisherlab.report.paper`: the paper's published Tables 1-9 beside ours.
+- :mod:`~fisherlab.report.registry`: every figure (Figs. 1-21) as one entry (its runs, the
+  points it draws, its drawing), served by the pipeline's one ``figure`` rule.
 """
 
 from .figures import NoisyRun, fig4, fig5, fig12
-from . import interventions
+from . import interventions, paper
 from .interventions import fig3, fig14, fig21
-from .selection import NoFinishedRun, choose, select
-from .summaries import load_summaries, read_run
+from .paper import claim_directions, comparison_markdown, paper_comparison
+from ..runs.selection import NoFinishedRun, choose, select
+from .runcheck import RunFileError
+from .summaries import hessian_table, load_summaries, read_curvature, read_hessian, read_metrics, read_run
 from .tables import (
     DISPLAY_NAMES,
     NOISY_COLUMNS,
@@ -39,6 +45,8 @@ __all__ = [
     "NoisyRun",
     "TABLE1_COLUMNS",
     "choose",
+    "claim_directions",
+    "comparison_markdown",
     "fig3",
     "fig4",
     "fig5",
@@ -48,7 +56,14 @@ __all__ = [
     "interventions",
     "load_summaries",
     "noisy_table",
+    "paper",
+    "paper_comparison",
     "read_run",
+    "read_metrics",
+    "read_curvature",
+    "read_hessian",
+    "hessian_table",
+    "RunFileError",
     "results_table",
     "select",
     "table1",

@@ -112,7 +112,7 @@ def fig4(
 
 
 #: One noisy-label run for Figs. 5, 11, 12: (label, regularization strength or None for
-#: the baseline, its metrics frame with the per-group columns of fisherlab.memorization).
+#: the baseline, its metrics frame with the per-group columns of fisherlab.training.memorization).
 NoisyRun = tuple[str, "float | None", pd.DataFrame]
 
 
@@ -133,41 +133,73 @@ def _strength_colors(runs: Sequence[NoisyRun]) -> list[Any]:
     return [color(v) for _, v, _ in runs]
 
 
-def _check_columns(runs: Sequence[NoisyRun], cols: Sequence[str], what: str) -> None:
+def _check_columns(runs: Sequence[NoisyRun], cols: Sequence[str], what: str) -> list[NoisyRun]:
+    """``runs``, each with the columns ``cols``; a run without rows (it diverged before
+    its first epoch: an empty metrics.csv) keeps its legend entry, labelled so, with
+    nothing to draw; a run with rows but without a column is an error."""
     if not runs:
         raise ValueError(f"{what}: no runs to draw")
-    for label, _, m in runs:
+    out = []
+    for label, strength, m in runs:
+        if m.empty:
+            out.append((f"{label} (no epoch: diverged)", strength, pd.DataFrame(columns=list(cols), dtype=float)))
+            continue
         missing = [c for c in cols if c not in m.columns]
         if missing:
             raise ValueError(f"{what}: run {label!r} has no {missing} (was it trained on a noisy-label file?)")
+        out.append((label, strength, m))
+    return out
 
 
-def fig5(runs: Sequence[NoisyRun], title: str, path: str | os.PathLike, *, dpi: int = 120) -> None:
+def fig5(runs: Sequence[NoisyRun], title: str, path: str | os.PathLike, *, dpi: int = 120) -> pd.DataFrame:
     """Fig. 5 (and Fig. 11 for another setting): how a regularizer slows the learning of
     noisy examples more than of clean ones. Four panels against epoch, one line per run:
     ||g_noisy||^2 / ||g_clean||^2 (the mean-gradient norms of the two groups), training
-    accuracy on the clean (solid) and noisy (dashed) examples, validation accuracy, and a
-    scatter of clean vs noisy training accuracy. Baseline in black, regularized runs blue
-    to red with increasing strength."""
-    cols = ["epoch", "train_acc_clean", "train_acc_noisy", "grad_sq_norm_clean", "grad_sq_norm_noisy", "val_acc"]
-    _check_columns(runs, cols, "fig5")
+    accuracy on the clean (solid) and noisy (dashed) examples, validation accuracy, and
+    noisy against clean training accuracy (one point per epoch, joined in epoch order:
+    a curve per run, so that runs compare at a matched clean accuracy). Baseline in
+    black, regularized runs blue to red with increasing strength.
+
+    The training accuracies are the ones measured at every epoch,
+    ``train_acc_clean_subset`` and ``train_acc_noisy_subset``: over the clean and the
+    noisy members of the run's fixed training subset (:mod:`fisherlab.training.evaluation`; the
+    whole split when ``train_eval_examples`` is 0). The whole-split ``train_acc_clean``
+    and ``train_acc_noisy`` exist only at the last epoch otherwise.
+
+    Returns the points drawn, one row each: ``panel`` (``grad_ratio``,
+    ``train_acc_clean_subset``, ``train_acc_noisy_subset``, ``val_acc``,
+    ``noisy_vs_clean``), ``series`` (the run's label), ``strength``, ``epoch``, ``x``
+    (the epoch, or the clean accuracy in the last panel) and ``y`` (accuracies in %)."""
+    cols = ["epoch", "train_acc_clean_subset", "train_acc_noisy_subset", "grad_sq_norm_clean", "grad_sq_norm_noisy",
+            "val_acc"]  # fmt: skip
+    runs = _check_columns(runs, cols, "fig5")
     _, Figure, Canvas = _plotting()
     fig = Figure(figsize=(16, 3.8), layout="constrained")
     ax_g, ax_acc, ax_val, ax_sc = fig.subplots(1, 4)
-    for (label, _, m), color in zip(runs, _strength_colors(runs)):
+    parts = []
+    for (label, strength, m), color in zip(runs, _strength_colors(runs)):
         m = m.sort_values("epoch")
         ratio = m["grad_sq_norm_noisy"] / m["grad_sq_norm_clean"]
         ax_g.plot(m["epoch"], ratio, color=color, label=label)
-        ax_acc.plot(m["epoch"], 100 * m["train_acc_clean"], color=color, label=label)
-        ax_acc.plot(m["epoch"], 100 * m["train_acc_noisy"], color=color, linestyle="--")
+        clean, noisy = 100 * m["train_acc_clean_subset"], 100 * m["train_acc_noisy_subset"]
+        ax_acc.plot(m["epoch"], clean, color=color, label=label)
+        ax_acc.plot(m["epoch"], noisy, color=color, linestyle="--")
         ax_val.plot(m["epoch"], 100 * m["val_acc"], color=color, label=label)
-        ax_sc.plot(100 * m["train_acc_clean"], 100 * m["train_acc_noisy"], "o-", color=color, markersize=3)
+        ax_sc.plot(clean, noisy, "o-", color=color, markersize=3)
+        for panel, x, y in (("grad_ratio", m["epoch"], ratio), ("train_acc_clean_subset", m["epoch"], clean),
+                            ("train_acc_noisy_subset", m["epoch"], noisy), ("val_acc", m["epoch"], 100 * m["val_acc"]),
+                            ("noisy_vs_clean", clean, noisy)):  # fmt: skip
+            parts.append(pd.DataFrame({"panel": panel, "series": label, "strength": strength,
+                                       "epoch": m["epoch"].to_numpy(), "x": x.to_numpy(float),
+                                       "y": y.to_numpy(float)}))  # fmt: skip
     ax_g.set(xlabel="Epoch", ylabel="‖g_noisy‖² / ‖g_clean‖²", yscale="log", title=f"{title}: gradient norms")
-    ax_acc.set(xlabel="Epoch", ylabel="Training accuracy (%)", title="clean (solid) / noisy (dashed)")
+    ax_acc.set(xlabel="Epoch", ylabel="Training accuracy (%), fixed subset", title="clean (solid) / noisy (dashed)")
     ax_val.set(xlabel="Epoch", ylabel="Validation accuracy (%)", title="validation accuracy")
-    ax_sc.set(xlabel="Training accuracy, clean (%)", ylabel="Training accuracy, noisy (%)", title="noisy vs clean")
+    ax_sc.set(xlabel="Training accuracy, clean (%), subset", ylabel="Training accuracy, noisy (%), subset",
+              title="noisy vs clean, per epoch")  # fmt: skip
     ax_g.legend(fontsize="x-small", loc="best")
     _save_png(fig, Canvas, path, dpi)
+    return pd.concat(parts, ignore_index=True)
 
 
 def fig12(panels: Mapping[str, Sequence[NoisyRun]], path: str | os.PathLike, *, dpi: int = 120) -> None:
@@ -176,8 +208,8 @@ def fig12(panels: Mapping[str, Sequence[NoisyRun]], path: str | os.PathLike, *, 
     (e.g. FP, GPr), lines blue to red with increasing strength, the baseline in black."""
     if not panels:
         raise ValueError("fig12: no panels to draw")
-    for runs in panels.values():
-        _check_columns(runs, ["epoch", "grad_cosine_clean_noisy"], "fig12")
+    panels = {title: _check_columns(runs, ["epoch", "grad_cosine_clean_noisy"], "fig12")
+              for title, runs in panels.items()}  # fmt: skip
     _, Figure, Canvas = _plotting()
     fig = Figure(figsize=(5.5 * len(panels), 3.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]

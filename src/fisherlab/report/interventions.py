@@ -93,9 +93,15 @@ def fig3(table: pd.DataFrame, path: str | os.PathLike, *, setting_names: Mapping
          dpi: int = 120) -> None:  # fmt: skip
     """Fig. 3: per setting (a panel), the final test accuracy (mean over seeds, bars: std)
     of FP switched on at epoch E against E (symmetric-log axis, E = 0 at the origin),
-    with η* (blue) and the small-lr Baseline (red) as horizontal lines."""
-    summary = late_fp_summary(table)
-    settings = list(dict.fromkeys(table["setting"]))
+    with η* (blue) and the small-lr Baseline (red) as horizontal lines. ``table``: one
+    row per run (:func:`late_fp_table`); :func:`draw_fig3` draws from its summary."""
+    draw_fig3(late_fp_summary(table), path, setting_names=setting_names, dpi=dpi)
+
+
+def draw_fig3(summary: pd.DataFrame, path: str | os.PathLike, *, setting_names: Mapping[str, str] | None = None,
+              dpi: int = 120) -> None:  # fmt: skip
+    """:func:`fig3` from the per-(setting, series, E) numbers of :func:`late_fp_summary`."""
+    settings = list(dict.fromkeys(summary["setting"]))
     if not settings:
         raise ValueError("fig3: no runs to draw")
     names = setting_names or {}
@@ -186,12 +192,17 @@ def hessian_along_table(runs: pd.DataFrame, labels: Mapping[str, Mapping[str, An
     """One row per (run, kept weights): setting, ``set`` (from ``labels``: run_dir ->
     {set}; absent: ""), lr, batch_size, seed, epoch, trace_hessian (``snapshots``:
     the run's hessian_snapshots.csv), and the run's minimum training loss and maximum
-    test accuracy along its trajectory (``metrics``)."""
+    test accuracy along its trajectory (``metrics``). The training loss is
+    ``train_loss_subset``, the one measured at every epoch (in eval mode, on the run's
+    fixed training subset; the whole split when ``train_eval_examples`` is 0): the
+    whole-split ``train_loss`` exists only at the last epoch otherwise."""
     rows = []
     for _, r in runs.iterrows():
         d = r["run_dir"]
         m = metrics[d]
-        extra = {"min_train_loss": float(m["train_loss"].min()) if len(m) else math.nan,
+        if len(m) and "train_loss_subset" not in m:
+            raise ValueError(f"hessian_along_table: the metrics of {d} have no train_loss_subset column")
+        extra = {"min_train_loss_subset": float(m["train_loss_subset"].min()) if len(m) else math.nan,
                  "max_test_acc": float(m["test_acc"].max()) if len(m) else math.nan}  # fmt: skip
         snaps = snapshots[d]
         for _, h in snaps[snaps["snapshot"] != "best"].iterrows():
@@ -203,30 +214,39 @@ def hessian_along_table(runs: pd.DataFrame, labels: Mapping[str, Mapping[str, An
 
 def hessian_along_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, set, lr, batch size, epoch): the mean and std of Tr(H) over seeds and
-    the seeds' mean minimum training loss and maximum test accuracy (Fig. 14's ℓ, TA)."""
+    the seeds' mean minimum training loss (on the fixed subset, ``min_train_loss_subset``)
+    and maximum test accuracy (Fig. 14's ℓ, TA)."""
     keys = ["setting", "set", "lr", "batch_size", "epoch"]
     out = table.groupby(keys, sort=True).agg(
         seeds=("seed", "nunique"), trace_hessian=("trace_hessian", "mean"), trace_hessian_std=("trace_hessian", "std"),
-        min_train_loss=("min_train_loss", "mean"), max_test_acc=("max_test_acc", "mean"))  # fmt: skip
+        min_train_loss_subset=("min_train_loss_subset", "mean"), max_test_acc=("max_test_acc", "mean"))  # fmt: skip
     return out.reset_index()
+
+
+def _panel_per_setting(frame: pd.DataFrame, empty: str, width: float, height: float):
+    """One panel (``width`` x ``height`` inches) per setting of ``frame``, side by side in
+    order of appearance, or ``ValueError(empty)`` when it has none: (figure, canvas class,
+    [(axes, setting), ...])."""
+    settings = list(dict.fromkeys(frame["setting"]))
+    if not settings:
+        raise ValueError(empty)
+    _, Figure, Canvas = _plotting()
+    fig = Figure(figsize=(width * len(settings), height), layout="constrained")
+    return fig, Canvas, list(zip(fig.subplots(1, len(settings), squeeze=False)[0], settings))
 
 
 def fig14(table: pd.DataFrame, path: str | os.PathLike, *, vary: Mapping[str, str], dpi: int = 120) -> None:
     """Fig. 14: per setting (a panel), Tr(H) of each run's kept weights against epoch (a
     point per seed, a line through the seeds' mean per configuration), set A in reds
     and set B in blues; each legend entry gives the configuration's ``vary`` value (lr
-    or batch size) with ℓ, the minimum training loss, and TA, the maximum test accuracy
-    (means over seeds)."""
+    or batch size) with ℓ, the minimum training loss over the epochs (``train_loss_subset``,
+    on the fixed training subset), and TA, the maximum test accuracy (means over seeds)."""
     from matplotlib import colormaps
 
-    settings = list(dict.fromkeys(table["setting"]))
-    if not settings:
-        raise ValueError("fig14: no runs to draw")
+    fig, Canvas, panels = _panel_per_setting(table, "fig14: no runs to draw", 6.5, 4.2)
     summary = hessian_along_summary(table)
-    _, Figure, Canvas = _plotting()
-    fig = Figure(figsize=(6.5 * len(settings), 4.2), layout="constrained")
     cmaps = {0: colormaps["Reds"], 1: colormaps["Blues"]}
-    for ax, setting in zip(fig.subplots(1, len(settings), squeeze=False)[0], settings):
+    for ax, setting in panels:
         t, s = table[table["setting"] == setting], summary[summary["setting"] == setting]
         key = vary.get(setting, "lr")
         for i, set_name in enumerate(sorted(set(t["set"]))):
@@ -236,7 +256,8 @@ def fig14(table: pd.DataFrame, path: str | os.PathLike, *, vary: Mapping[str, st
                 pts = t[(t["set"] == set_name) & (t[key] == value)]
                 line = s[(s["set"] == set_name) & (s[key] == value)].sort_values("epoch")
                 ax.scatter(pts["epoch"], pts["trace_hessian"], color=color, s=10)
-                label = (f"{set_name}: {'η' if key == 'lr' else 'S'}={value:g}, ℓ={line['min_train_loss'].iloc[0]:.2g}, "
+                label = (f"{set_name}: {'η' if key == 'lr' else 'S'}={value:g}, "
+                         f"ℓ={line['min_train_loss_subset'].iloc[0]:.2g}, "
                          f"TA={100 * line['max_test_acc'].iloc[0]:.1f}%")  # fmt: skip
                 ax.plot(line["epoch"], line["trace_hessian"], color=color, label=label)
         ax.set(xlabel="Epoch", ylabel="Tr(H)", yscale="log", title=setting)
@@ -282,13 +303,9 @@ def fig21(points: pd.DataFrame, path: str | os.PathLike, *, dpi: int = 120) -> N
     """Fig. 21: per setting (a panel), Tr(F_B) against Tr(H) at the kept epochs of every
     run, coloured by lr, with Pearson's r and Spearman's rho over the panel's points in
     its title."""
-    settings = list(dict.fromkeys(points["setting"]))
-    if not settings:
-        raise ValueError("fig21: no points to draw")
+    fig, Canvas, panels = _panel_per_setting(points, "fig21: no points to draw", 4.6, 3.8)
     corr = correlations(points)
-    _, Figure, Canvas = _plotting()
-    fig = Figure(figsize=(4.6 * len(settings), 3.8), layout="constrained")
-    for ax, setting in zip(fig.subplots(1, len(settings), squeeze=False)[0], settings):
+    for ax, setting in panels:
         p = points[points["setting"] == setting]
         for lr, g in p.groupby("lr", sort=True):
             ax.scatter(g["trace_hessian"], g["trace_fisher_batch"], s=12, label=f"η = {lr:g}")

@@ -93,6 +93,39 @@ def _cell(runs: pd.DataFrame, value: str, scale: float, where: str) -> dict[str,
     }
 
 
+#: The statistics columns of every cell, before its hyperparameters (see :func:`results_table`).
+_CELL_SUFFIXES = ("", "_std", "_n", "_runs", "_status")
+
+
+def _require_columns(df: pd.DataFrame, cols: Sequence[str], who: str) -> None:
+    for col in cols:
+        if col not in df.columns:
+            raise ValueError(f"{who}: no {col!r} column")
+
+
+def _table_row(
+    key: dict[str, Any], here: pd.DataFrame, columns: Sequence[str], value: str, scale: float, where: str
+) -> dict[str, Any]:
+    """One table row: the ``key`` columns, then per column ``c`` the :func:`_cell`
+    statistics of ``value * scale`` over the runs of ``here`` whose role is ``c``."""
+    row = dict(key)
+    for c in columns:
+        cell = _cell(here[here["role"] == c], value, scale, f"{where}/{c}")
+        row.update({f"{c}{suffix}": v for suffix, v in cell.items()})
+    return row
+
+
+def _table_frame(
+    rows: list[dict[str, Any]], keys: Sequence[str], columns: Sequence[str], suffixes: Sequence[str]
+) -> pd.DataFrame:
+    """The rows as a frame: the ``keys``, then ``c + suffix`` per column and suffix, counts as int."""
+    out = pd.DataFrame(rows, columns=[*keys, *(f"{c}{s}" for c in columns for s in suffixes)])
+    for c in columns:
+        out[f"{c}_n"] = out[f"{c}_n"].astype(int)
+        out[f"{c}_runs"] = out[f"{c}_runs"].astype(int)
+    return out
+
+
 def results_table(
     df: pd.DataFrame,
     value: str,
@@ -118,9 +151,7 @@ def results_table(
     appear as a role anywhere in ``df``. Raises ``ValueError`` when the seeds of a cell
     disagree on lr or α, or two runs of a cell share a seed.
     """
-    for col in ("setting", "role", "status", value):
-        if col not in df.columns:
-            raise ValueError(f"results_table: no {col!r} column")
+    _require_columns(df, ("setting", "role", "status", value), "results_table")
     final = df[df["role"].isin(TABLE1_COLUMNS)]
     if columns is None:
         columns = [c for c in TABLE1_COLUMNS if (final["role"] == c).any()]
@@ -130,21 +161,11 @@ def results_table(
             raise ValueError(f"results_table: unknown columns {unknown}; use {TABLE1_COLUMNS}")
     if settings is None:
         settings = list(dict.fromkeys(final["setting"].tolist()))
-    rows = []
-    for setting in settings:
-        row: dict[str, Any] = {"setting": setting}
-        here = final[final["setting"] == setting]
-        for c in columns:
-            cell = _cell(here[here["role"] == c], value, scale, f"{setting}/{c}")
-            row.update({f"{c}{suffix}": v for suffix, v in cell.items()})
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=["setting"] + [
-        f"{c}{s}" for c in columns for s in ("", "_std", "_n", "_runs", "_status", *_hyper_suffixes(df, ("lr", "alpha")))
-    ])  # fmt: skip
-    for c in columns:
-        out[f"{c}_n"] = out[f"{c}_n"].astype(int)
-        out[f"{c}_runs"] = out[f"{c}_runs"].astype(int)
-    return out
+    rows = [
+        _table_row({"setting": setting}, final[final["setting"] == setting], columns, value, scale, setting)
+        for setting in settings
+    ]
+    return _table_frame(rows, ["setting"], columns, _CELL_SUFFIXES + _hyper_suffixes(df, ("lr", "alpha")))
 
 
 def table1(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
@@ -191,15 +212,13 @@ def noisy_table(
     ``role`` is ``c`` (the same cell columns as :func:`results_table`, plus ``c_beta``).
     ``df`` needs ``label_noise``, ``setting``, ``role`` and ``status`` columns; ``noise``
     and ``settings`` fix the row order (default: order of appearance)."""
-    for col in ("label_noise", "setting", "role", "status"):
-        if col not in df.columns:
-            raise ValueError(f"noisy_table: no {col!r} column")
+    _require_columns(df, ("label_noise", "setting", "role", "status"), "noisy_table")
     if value not in df.columns:  # e.g. per-group accuracies of runs that all diverged in epoch 1
         df = df.assign(**{value: math.nan})
     runs = df[df["role"].isin(NOISY_COLUMNS)]
     noise = list(dict.fromkeys(runs["label_noise"].tolist())) if noise is None else list(noise)
     settings = list(dict.fromkeys(runs["setting"].tolist())) if settings is None else list(settings)
-    suffixes = ("", "_std", "_n", "_runs", "_status") + _hyper_suffixes(df, ("lr", "alpha", "beta"))
+    suffixes = _CELL_SUFFIXES + _hyper_suffixes(df, ("lr", "alpha", "beta"))
     columns = [c for c in NOISY_COLUMNS if c != "sam" or (runs["role"] == "sam").any()]  # SAM: when it ran
     rows = []
     for f in noise:
@@ -207,17 +226,8 @@ def noisy_table(
             here = runs[(runs["label_noise"] == f) & (runs["setting"] == setting)]
             if here.empty and not (runs["setting"] == setting).any():
                 continue
-            row: dict[str, Any] = {"label_noise": f, "setting": setting}
-            for c in columns:
-                cell = _cell(here[here["role"] == c], value, scale, f"{f}/{setting}/{c}")
-                row.update({f"{c}{suffix}": v for suffix, v in cell.items()})
-            rows.append(row)
-    cols = ["label_noise", "setting"] + [f"{c}{s}" for c in columns for s in suffixes]
-    out = pd.DataFrame(rows, columns=cols)
-    for c in columns:
-        out[f"{c}_n"] = out[f"{c}_n"].astype(int)
-        out[f"{c}_runs"] = out[f"{c}_runs"].astype(int)
-    return out
+            rows.append(_table_row({"label_noise": f, "setting": setting}, here, columns, value, scale, f"{f}/{setting}"))
+    return _table_frame(rows, ["label_noise", "setting"], columns, suffixes)
 
 
 def table3(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
@@ -247,7 +257,7 @@ def _table_columns(table: pd.DataFrame) -> list[str]:
 def _format_cell(row: pd.Series, c: str, digits: int, hyper_sep: str) -> str:
     status = row[f"{c}_status"]
     if status == "missing" or pd.isna(status):
-        return "–"
+        return "not run"  # no run of this column for this row (e.g. an overlay left it out)
     n, runs = int(row[f"{c}_n"]), int(row[f"{c}_runs"])
     mean, std = row[c], row[f"{c}_std"]
     value = f"{mean:.{digits}f}" if n <= 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -279,7 +289,7 @@ def to_markdown(
     Table 1: a "Setting" column and one column per display name (η*, Baseline, ...).
 
     Cells: "mean ± std" (std omitted for a single seed), "diverged", "partial: mean ±
-    std (k/n diverged)" or "–" when no run exists, followed by the hyperparameters in
+    std (k/n diverged)" or "not run" when no run exists, followed by the hyperparameters in
     parentheses, e.g. "87.16 ± 0.20 (lr 0.01, α 0.03)". ``setting_names`` maps setting
     ids to printed names; ``hyper_sep`` separates value and hyperparameters (use
     "<br>" to put them on a line of their own).

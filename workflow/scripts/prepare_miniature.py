@@ -1,0 +1,15 @@
+"""Adapter: a dataset's miniature stand-in, synthetic data of its shape and class count
+(fisherlab.plan.miniature), in the canonical format."""
+
+import sys
+from pathlib import Path
+
+sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # noqa: F821  (this checkout's fisherlab)
+
+
+from fisherlab.data.cifar import prepare_synthetic  # noqa: E402
+
+sm = snakemake  # noqa: F821
+p = sm.params
+print(prepare_synthetic(Path(sm.output.train).parent, p.n_train, p.n_test, seed=p.seed, **p.shape))
