@@ -110,3 +110,20 @@ def test_a_trainer_stops_when_its_snakemake_is_sigkilled_and_the_rerun_resumes_i
     summary = json.loads((work / RUN / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["epochs_completed"] == 4
     assert summary["stopped_at_steps"] and summary["checkpoint_events"] == []  # resumed from the saved state
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "workflow/scripts").glob("*.py")))
+def test_every_script_puts_its_own_checkouts_src_first(script):
+    """Each adapter's ``sys.path`` line, evaluated with the ``scriptdir`` Snakemake gives a
+    rule of workflow/rules/ (``<repo>/workflow/rules/../scripts``, not normalised), names
+    this checkout's ``src/``. ``Path(scriptdir).parents[1]`` would name workflow/rules/src,
+    which does not exist, and the job would import the environment's fisherlab."""
+    import re
+    from types import SimpleNamespace
+
+    text = (REPO / "workflow/scripts" / script).read_text()
+    lines = re.findall(r"^sys\.path\.insert\(0, (.+?)\)  # noqa", text, flags=re.M)
+    assert len(lines) == 1, f"{script}: one sys.path.insert(0, ...) line expected, found {len(lines)}"
+    scriptdir = f"{REPO}/workflow/rules/../scripts"
+    path = eval(lines[0], {"Path": Path, "str": str, "snakemake": SimpleNamespace(scriptdir=scriptdir)})  # noqa: S307  (our own adapter's line)
+    assert Path(path) == REPO / "src", f"{script}: {path}"
