@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 
 import pytest
 
@@ -45,3 +46,11 @@ def test_the_bar_follows_its_file_and_redraws_every_few_steps():
     bar.close()
     with pytest.raises(TypeError, match="progress must be"):
         StepProgress(10, enabled="yes")
+
+
+def test_without_tqdm_a_terminal_gets_no_bar_and_a_forced_bar_says_what_to_install(monkeypatch):
+    """The core install (torch, numpy) trains on a terminal: tqdm is in the loggers extra."""
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed: its import fails
+    assert not StepProgress(10, file=Terminal()).enabled
+    with pytest.raises(ImportError, match=r"fisherlab\[loggers\]"):
+        StepProgress(10, enabled=True, file=Terminal())
