@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..runs.rundir import RunDir
 from .figures import _plotting, _save_png
 
 _Frames = Mapping[str, pd.DataFrame]  # run_dir -> a frame of that run (metrics, curvature, snapshots)
@@ -145,7 +146,7 @@ def two_phase_table(runs: pd.DataFrame, labels: Mapping[str, Mapping[str, Any]],
             row["trace_fisher_end"] = float(curv["trace_fisher"].iloc[-1]) if len(curv) else math.nan
         else:
             best = snapshots[d]
-            best = best[best["snapshot"] == "best"]
+            best = best[best["snapshot"] == RunDir.BEST_KEY]
             row["best_test_acc"] = r["kept_best_value"]
             row["best_epoch"] = r["kept_best_epoch"]
             row["trace_hessian_best"] = float(best["trace_hessian"].iloc[0]) if len(best) else math.nan
@@ -205,7 +206,7 @@ def hessian_along_table(runs: pd.DataFrame, labels: Mapping[str, Mapping[str, An
         extra = {"min_train_loss_subset": float(m["train_loss_subset"].min()) if len(m) else math.nan,
                  "max_test_acc": float(m["test_acc"].max()) if len(m) else math.nan}  # fmt: skip
         snaps = snapshots[d]
-        for _, h in snaps[snaps["snapshot"] != "best"].iterrows():
+        for _, h in snaps[snaps["snapshot"] != RunDir.BEST_KEY].iterrows():
             rows.append({"setting": r["setting"], "set": labels.get(d, {}).get("set", ""), "lr": r["lr"],
                          "batch_size": r["batch_size"], "seed": r["seed"], "status": r["status"],
                          "epoch": int(h["epoch"]), "trace_hessian": h["trace_hessian"], **extra, "run_dir": d})  # fmt: skip
@@ -279,7 +280,7 @@ def hessian_fisher_points(runs: pd.DataFrame, curvature: _Frames, snapshots: _Fr
         curv = curvature[d]
         at = dict(zip(np.round(curv["epoch"].astype(float), 9), curv["trace_fisher_batch"]))
         for _, h in snapshots[d].iterrows():
-            if h["snapshot"] == "best" or not np.isfinite(h["trace_hessian"]) or round(float(h["epoch"]), 9) not in at:
+            if h["snapshot"] == RunDir.BEST_KEY or not np.isfinite(h["trace_hessian"]) or round(float(h["epoch"]), 9) not in at:
                 continue
             rows.append({"setting": r["setting"], "lr": r["lr"], "seed": r["seed"], "epoch": int(h["epoch"]),
                          "trace_hessian": float(h["trace_hessian"]),
