@@ -18,7 +18,7 @@ import pytest
 import fisherlab.experiment as experiment
 from fisherlab.data import (DatasetFormatError, ImageDataset, check_run_data, make_synthetic, prepare_cifar,
                             prepare_tinyimagenet, save_dataset)
-from fisherlab.data.checks import changed_labels_bound
+from fisherlab.data.checks import NOISE_NAME, changed_labels_bound, fraction_name
 from fisherlab.data.noise import NoisyLabels, make_noisy_labels, prepare_noisy_labels, save_noisy_labels
 from fisherlab.experiment import load_data, run_planned
 from fisherlab.plan import build_plan
@@ -293,3 +293,15 @@ def test_a_tinyimagenet_zip_holding_a_member_twice_is_refused(tmp_path):
         prepare_tinyimagenet(tmp_path / "out", source=archive, expected_sizes=TINY_SIZES)
     assert str(e.value).startswith(f"{archive}: the archive holds member tiny-imagenet-200/wnids.txt more than once")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.8, 0.1234567, 1e-5])
+def test_the_noise_file_the_plan_names_is_the_name_the_check_reads(fraction):
+    """The plan writes a noise file's name (``plan.settings.noise_file``); the check parses
+    it (``NOISE_NAME``) with the plan's own number format, so the two cannot drift apart."""
+    from fisherlab.plan.settings import noise_file
+
+    name = Path(noise_file({"data": {"root": "results/data"}}, "cifar10", fraction, 3)).name
+    parsed = NOISE_NAME.match(name)
+    assert parsed and int(parsed["seed"]) == 3, name
+    assert fraction_name(float(parsed["fraction"])) == fraction_name(fraction), name

@@ -36,6 +36,7 @@ import numpy as np
 
 from fisherlab.data.format import DatasetFormatError, ImageDataset
 from fisherlab.data.noise import NoisyLabels, apply_noisy_labels
+from fisherlab.plan.core import fmt as fraction_name  # a fraction as the plan writes it in a path
 
 #: How the pipeline names a noisy-label file (fisherlab.plan.settings.noise_file).
 NOISE_NAME = re.compile(r"^frac(?P<fraction>[0-9.e+-]+)_seed(?P<seed>\d+)\.csv$")
@@ -43,12 +44,6 @@ NOISE_NAME = re.compile(r"^frac(?P<fraction>[0-9.e+-]+)_seed(?P<seed>\d+)\.csv$"
 #: Probability that a file made by :func:`~fisherlab.data.noise.make_noisy_labels` fails
 #: the changed-labels check (a false alarm), at most.
 FALSE_ALARM = 1e-9
-
-
-def fraction_name(fraction: float) -> str:
-    """A noise fraction as the plan writes it in a path (4 significant digits, the
-    shortest form: ``fisherlab.plan.core.fmt``)."""
-    return f"{fraction:.4g}"
 
 
 def changed_labels_bound(n_replaced: int, num_classes: int, false_alarm: float = FALSE_ALARM) -> float:
