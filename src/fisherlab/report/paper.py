@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_text_atomic
-from .tables import DISPLAY_NAMES
+from .tables import DISPLAY_NAMES, md_row
 
 PAPER_TABLES: tuple[str, ...] = tuple(f"table{i}" for i in range(1, 10))
 NOISY_TABLES: tuple[str, ...] = ("table3", "table8", "table9")  # rows keyed by (label noise, setting)
@@ -324,10 +324,6 @@ def _yes(x: Any) -> str:
     return "not decided" if undecided else ("yes" if x else "**no**")
 
 
-def _md(cells: list[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-
 def _row_label(r: pd.Series) -> str:
     noise = "" if pd.isna(r["label_noise"]) else f"{r['label_noise']:.0%} "
     return f"{noise}{r['row'] or r['setting']}"
@@ -360,44 +356,45 @@ def comparison_markdown(comparison: pd.DataFrame, directions: pd.DataFrame, note
         "",
         "Rows of the paper's table where the claim holds, in the paper and in ours (of the rows decided on ours).",
         "",
-        _md(["Table", "Claim", "Paper", "Ours", "Not decided on ours", "The paper's words"]),
-        _md([":---", ":---", ":---", ":---", ":---", ":---"]),
+        md_row(["Table", "Claim", "Paper", "Ours", "Not decided on ours", "The paper's words"]),
+        md_row([":---", ":---", ":---", ":---", ":---", ":---"]),
     ]
     for (t, claim), g in directions.groupby(["table", "claim"], sort=False):
         dec = g[g["ours_holds"].notna()]
-        lines.append(_md([t, claim, f"{int(g['paper_holds'].astype(bool).sum())}/{len(g)}",
-                          f"{int(dec['ours_holds'].astype(bool).sum())}/{len(dec)}", len(g) - len(dec),
-                          g["statement"].iloc[0]]))  # fmt: skip
+        lines.append(md_row([t, claim, f"{int(g['paper_holds'].astype(bool).sum())}/{len(g)}",
+                            f"{int(dec['ours_holds'].astype(bool).sum())}/{len(dec)}", len(g) - len(dec),
+                            g["statement"].iloc[0]]))  # fmt: skip
     lines += [
         "",
         "## Directions, per row",
         "",
-        _md(["Table", "Row", "Claim", "Paper", "Ours", "Ours: status"]),
-        _md([":---", ":---", ":---", ":---", ":---", ":---"]),
+        md_row(["Table", "Row", "Claim", "Paper", "Ours", "Ours: status"]),
+        md_row([":---", ":---", ":---", ":---", ":---", ":---"]),
     ]
     for _, d in directions.iterrows():
         paper = _yes(d["paper_holds"]) + (f" ({d['paper_best']})" if d["paper_best"] else "")
         ours = _yes(d["ours_holds"]) + (f" ({d['ours_best']})" if d["ours_best"] else "")
-        lines.append(_md([d["table"], _row_label(d), d["claim"], paper, ours, d["ours_status"]]))
+        lines.append(md_row([d["table"], _row_label(d), d["claim"], paper, ours, d["ours_status"]]))
     lines.append("")
     for t, cells in published.groupby("table", sort=True):
         first = cells.iloc[0]
         unit = f" ({first['unit']})" if first["unit"] else ""
         lines += [f"## Table {t}: {first['quantity']}{unit}", "",
-                  _md(["Row", "Column", "Setting", "Paper", "Ours", "Difference", "Status"]),
-                  _md([":---", ":---", ":---", "---:", "---:", "---:", ":---"])]  # fmt: skip
+                  md_row(["Row", "Column", "Setting", "Paper", "Ours", "Difference", "Status"]),
+                  md_row([":---", ":---", ":---", "---:", "---:", "---:", ":---"])]  # fmt: skip
         for _, r in cells.iterrows():
             status = r["status"] + (f" ({r['note']})" if r["note"] else "")
-            lines.append(_md([_row_label(r), r["column"], r["setting"], _num(r["paper"], r["paper_plus_minus"]),
-                              _ours_num(r), _signed(r["difference"]), status]))  # fmt: skip
+            lines.append(md_row([_row_label(r), r["column"], r["setting"], _num(r["paper"], r["paper_plus_minus"]),
+                                _ours_num(r), _signed(r["difference"]), status]))  # fmt: skip
         lines.append("")
     lines += ["## Cells of ours that the paper has no value for", ""]
     if extra.empty:
         lines += ["None.", ""]
     else:
-        lines += [_md(["Table", "Setting", "Column", "Ours", "Status"]), _md([":---", ":---", ":---", "---:", ":---"])]
+        lines += [md_row(["Table", "Setting", "Column", "Ours", "Status"]),
+                  md_row([":---", ":---", ":---", "---:", ":---"])]
         for _, r in extra.iterrows():
-            lines.append(_md([r["table"], _row_label(r), r["column"], _ours_num(r), r["note"]]))
+            lines.append(md_row([r["table"], _row_label(r), r["column"], _ours_num(r), r["note"]]))
         lines.append("")
     return "\n".join(lines)
 

@@ -278,6 +278,11 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def md_row(cells: Sequence[Any]) -> str:
+    """One row of a Markdown table: each cell as text, ``|`` escaped, line breaks as spaces."""
+    return "| " + " | ".join(_md_escape(c) for c in cells) + " |"
+
+
 def to_markdown(
     table: pd.DataFrame,
     digits: int = 2,
@@ -307,7 +312,7 @@ def to_markdown(
         cells = [f"{row['label_noise']:.0%}"] if noisy else []
         cells += [names.get(row["setting"], row["setting"])]
         cells += [_format_cell(row, c, digits, hyper_sep) for c in cols]
-        lines.append("| " + " | ".join(_md_escape(x) for x in cells) + " |")
+        lines.append(md_row(cells))
     return "\n".join(lines) + "\n"
 
 
