@@ -49,6 +49,16 @@ def test_a_diverged_window_never_counts_as_a_crossing():
     assert c.status == "ok" and c.step == pytest.approx(20.0)  # between steps 10 and 30, across the NaN row
 
 
+def test_a_crossing_without_a_finite_trace_is_not_reached():
+    """The weights diverged by the measurement whose running loss (the steps before it) is
+    still below epsilon: no Tr(F_i) to give, so "not reached", never a status that
+    promises a number (found by config.yaml in miniature: ResNet-52 at lr 0.1)."""
+    first = crossing(rows((0, 1066.5, math.nan), (2, math.nan, 14.2)), 1000.0)
+    between = crossing(rows((10, 70.0, 2.0), (20, math.inf, 1.0)), 1.5)
+    for c in (first, between):
+        assert c.status == "not reached" and math.isnan(c.trace_fisher_i) and math.isnan(c.step), c
+
+
 def test_crossed():
     assert crossed(rows((10, 1.0, 1.0)), 1.2) and not crossed(rows((10, 1.0, 1.3)), 1.2)
     assert not crossed(rows((10, 1.0, 1.0)), None)

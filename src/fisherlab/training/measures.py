@@ -19,7 +19,9 @@ measuring when the training loss crosses a task-specific threshold ε"). Precise
   crossing step s_j + t (s_k - s_j). When no earlier measurement has a finite loss
   (ε is crossed by the first window), Tr(F_i) = Tr(F)_k at s_k.
 - *Not reached.* When no measurement has L < ε, Tr(F_i) is NaN and its status says
-  ``not reached``; a run that diverged before crossing says so the same way.
+  ``not reached``; a run that diverged before crossing says so the same way, and so does
+  one whose crossing has no finite Tr(F) to give (the weights diverged while the
+  running loss, averaged over the steps before, was still finite).
 - *The examples.* Tr(F) is measured on the trainer's fixed set of ``fisher_examples``
   training examples (5,000 in the paper's Section 3 runs, Supplement I.1).
 """
@@ -62,15 +64,17 @@ def crossing(curvature: Sequence[Row], epsilon: float | None) -> Crossing:
             continue
         if loss < epsilon:
             if before is None:
-                return Crossing(float(row["trace_fisher"]), float(row["step"]), float(row["epoch"]),
-                                "at first measurement")  # fmt: skip
-            t = (before["train_loss_running"] - epsilon) / (before["train_loss_running"] - loss)
-            return Crossing(
-                _lerp(before["trace_fisher"], row["trace_fisher"], t),
-                _lerp(before["step"], row["step"], t),
-                _lerp(before["epoch"], row["epoch"], t),
-                "ok",
-            )
+                found = Crossing(float(row["trace_fisher"]), float(row["step"]), float(row["epoch"]),
+                                 "at first measurement")  # fmt: skip
+            else:
+                t = (before["train_loss_running"] - epsilon) / (before["train_loss_running"] - loss)
+                found = Crossing(
+                    _lerp(before["trace_fisher"], row["trace_fisher"], t),
+                    _lerp(before["step"], row["step"], t),
+                    _lerp(before["epoch"], row["epoch"], t),
+                    "ok",
+                )
+            return found if _finite(found.trace_fisher_i) else NOT_REACHED
         before = row
     return NOT_REACHED
 
