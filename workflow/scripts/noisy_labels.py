@@ -5,6 +5,9 @@ from pathlib import Path
 
 sys.stdout = sys.stderr = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
 sys.path.insert(0, str(Path(snakemake.scriptdir, "../../src").resolve()))  # noqa: F821  (this checkout's src/)
+from fisherlab.forkserver import hand_over  # noqa: E402
+
+hand_over(snakemake.config)  # noqa: F821  (config forkserver: run in a child of the fork server)
 
 from fisherlab.data.noise import prepare_noisy_labels  # noqa: E402
 
