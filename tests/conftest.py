@@ -70,6 +70,8 @@ def local_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("local_demo")
     copy_workflow(root)
     t0 = time.monotonic()
-    snakemake("--configfile", "configs/demo.yaml", "--cores", "2", cwd=root)
+    # forkserver (fisherlab.forkserver): the jobs fork from one process; the tests that rerun
+    # a run of it without (SLURM, killed and resumed, concurrent) check that it changes no number
+    snakemake("--configfile", "configs/demo.yaml", "--cores", "2", "--config", "forkserver=True", cwd=root)
     print(f"local demo: {time.monotonic() - t0:.0f} s")
     return root

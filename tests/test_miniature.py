@@ -5,6 +5,7 @@ every size shrunk, at the plan level (no training)."""
 from __future__ import annotations
 
 import copy
+import math
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from snakemake.utils import validate
 
 from fisherlab.plan import build_plan, data_files, fisher_penalty, interventions, noisy, sweeps
-from fisherlab.plan.miniature import miniature_shape, pick, scale_milestones, shrink
+from fisherlab.plan.miniature import _batch_sizes, _Shrink, miniature_shape, pick, scale_milestones, shrink
 from fisherlab.plan.settings import DATASETS, PlanError
 from test_plan import REPO, SCHEMA, load
 
@@ -102,7 +103,7 @@ def test_every_size_is_shrunk(paper):
     for r in pm.runs.values():
         t = r.train
         assert t["epochs"] <= m["epochs"], r.id
-        assert t["batch_size"] <= m["batch_size"], r.id
+        assert m["min_batch_size"] <= t["batch_size"] <= m["batch_size"], r.id  # no batch of 1
         assert t["fisher_examples"] <= m["fisher_examples"], r.id
         assert r.data["val_size"] <= m["val_examples"] < m["examples"], r.id
         assert t.get("group_examples", 0) <= m["fisher_examples"]
@@ -125,6 +126,20 @@ def test_every_size_is_shrunk(paper):
     # the batch sizes keep their order: Fig. 13's high regularization is the smaller batch
     f13 = small["interventions"]["fig13"]
     assert f13["high"]["batch_size"] < f13["low"]["batch_size"]
+
+
+def test_batch_sizes_map_onto_the_miniatures_range_in_order(paper):
+    """config.yaml's 80 to 2048 onto 8 to 16 by one power (g = ln 2 / ln 25.6): the
+    smallest becomes min_batch_size, the largest batch_size, and no two swap."""
+    full, _, small, _ = paper
+    sh = _Shrink(full)
+    sizes = sorted(set(_batch_sizes(full)))
+    mapped = [sh.batch(b) for b in sizes]
+    assert (sizes[0], sizes[-1]) == (80, 2048) and (mapped[0], mapped[-1]) == (8, 16)
+    assert mapped == sorted(mapped)
+    assert sh.batch(128) == round(16 * (128 / 2048) ** (math.log(2) / math.log(2048 / 80))) == 9
+    assert sh.batch(256) == 10 and sh.batch(100) == 8 and sh.batch(1280) == 14
+    assert small["settings"]["wrn_c100"]["batch_size"] == 9
 
 
 def test_milestones_and_start_epochs_stay_valid(paper):
@@ -168,15 +183,16 @@ def test_a_users_own_setting_sweep_and_dataset_are_shrunk_too():
     small = mini(user)
     plan = build_plan(small)
     s = small["settings"]["my_net"]
-    # batch sizes: r = 128 / 2048 (config.yaml's largest, Fig. 19's), so 512 -> 32
-    assert s["epochs"] == 3 and s["milestones"] == [1, 2] and s["batch_size"] == 32
+    # batch sizes: 64 to 2048 (config.yaml's largest, Fig. 19's) onto 8 to 128, g = ln 16 / ln 32 = 0.8:
+    # 512 -> 128 (512 / 2048)^0.8 = 42
+    assert s["epochs"] == 3 and s["milestones"] == [1, 2] and s["batch_size"] == 42
     assert len(s["lr_grid"]) == 2 and s["lr_grid"] == [0.001, 0.3] and s["regularizers"]["fp"]["count"] == 2
     assert s["val_size"] == 64 and s["fisher_examples"] == 32 and small["seeds"] == [3]
     assert s["bn_update_batches"] == 5  # 100, capped at the knob
     runs = [r for r in plan.select(setting="my_net") if r.family != "sweeps"]
     assert runs and all(r.train["epochs"] <= 3 and r.seed == 3 for r in runs)
     bs = sorted({r.train["batch_size"] for r in plan.select("sweeps", sweep="my_bs")})
-    assert bs == [4, 64]  # the axis' first and last, 64 and 1024, scaled
+    assert bs == [8, 74]  # the axis' first and last, 64 and 1024, mapped
     assert {r.seed for r in plan.select("sweeps")} == {0}
     assert data_files(small, "mydata") == {"train": "results/data-miniature/mydata/train.npz",
                                            "test": "results/data-miniature/mydata/test.npz"}  # fmt: skip
