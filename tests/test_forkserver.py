@@ -43,7 +43,9 @@ JOB = textwrap.dedent("""\
         os.kill(os.getpid(), signal.SIGKILL)
     if what == "wait":
         def stop(sig, frame):
-            open(os.environ["MARK"], "w").write(str(sig))
+            with open(os.environ["MARK"] + ".tmp", "w") as f:
+                f.write(str(sig))
+            os.replace(os.environ["MARK"] + ".tmp", os.environ["MARK"])  # whole, or not there
             sys.exit(7)
         signal.signal(signal.SIGTERM, stop)
         open(os.environ["READY"], "w").close()
