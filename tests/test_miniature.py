@@ -244,6 +244,8 @@ def test_helpers_and_bad_knobs():
     with pytest.raises(PlanError, match="batch_size .*at most the training examples"):
         shrink(load(MINI, {"miniature": {"examples": 64, "val_examples": 16, "batch_size": 49}}))
     assert shrink(load(MINI, {"miniature": {"examples": 64, "val_examples": 16, "batch_size": 48}}))
+    with pytest.raises(PlanError, match=r"min_batch_size \(9\) must be at most miniature.batch_size \(8\)"):
+        shrink(load(MINI, {"miniature": {"batch_size": 8, "min_batch_size": 9}}))
 
 
 @pytest.mark.slow
