@@ -20,7 +20,8 @@ The modules by layer; an import points down or sideways within a layer, never up
 4. :mod:`.plan`: the pipeline's runs as data (torch-free).
 5. The glue and the outputs: :mod:`.experiment` (one run from files to its directory),
    :mod:`.hessian.jobs` (Tr(H) of a run), :mod:`.report` (tables and figures),
-   :mod:`.integrations`, :mod:`.cli`; :mod:`.config_guard` checks the pipeline's config.
+   :mod:`.integrations`, :mod:`.cli`; :mod:`.config_guard` checks the pipeline's config;
+   :mod:`.forkserver` runs the pipeline's jobs in children of one process (standard library only).
 """
 
 from __future__ import annotations
