@@ -100,9 +100,10 @@ def _connect(path: Path) -> socket.socket:
     except (FileNotFoundError, ConnectionRefusedError):
         pass
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-P", __file__, "serve", str(path)], start_new_session=True, cwd="/",
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=open(path.with_suffix(".log"), "ab"), close_fds=True)  # fmt: skip
+    with open(path.with_suffix(".log"), "ab") as log:  # the server's stderr (Popen keeps its own copy)
+        server = subprocess.Popen([sys.executable, "-P", __file__, "serve", str(path)], start_new_session=True,
+                                  cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                  close_fds=True)  # fmt: skip
     deadline = time.monotonic() + START_SECONDS
     while True:
         try:
