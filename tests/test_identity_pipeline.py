@@ -30,7 +30,7 @@ def checkout(dst: Path, marker: str = "") -> Path:
     dst.mkdir()
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, dst / name)
-    for name in ("workflow", "configs", "envs", "src"):
+    for name in ("workflow", "configs", "envs", "profiles", "src"):
         shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
     if marker:
         with open(dst / "src/fisherlab/__init__.py", "a") as f:

@@ -224,9 +224,11 @@ def test_lint_is_clean():
 
 
 def copy_workflow(dst: Path) -> None:
+    """What a clone holds of the workflow: profiles/ too (Snakemake applies
+    profiles/default, the greedy scheduler, to every run)."""
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, dst / name)
-    for name in ("workflow", "configs", "envs"):
+    for name in ("workflow", "configs", "envs", "profiles"):
         shutil.copytree(REPO / name, dst / name)
 
 

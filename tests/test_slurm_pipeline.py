@@ -32,8 +32,7 @@ FAST_POLLING = ["--slurm-init-seconds-before-status-checks", "2", "--seconds-bet
 
 
 def slurm_workflow(dst: Path) -> None:
-    copy_workflow(dst)
-    shutil.copytree(REPO / "profiles", dst / "profiles")
+    copy_workflow(dst)  # profiles/ included
     os.symlink("profiles/slurm", dst / "slurm")
 
 
