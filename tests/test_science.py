@@ -28,9 +28,17 @@ def test_tr_fi_falls_with_the_lr_and_rises_with_the_batch_size(tmp_path):
         "train": str(SHARED / "cifar10-subset-train.npz"),
         "test": str(SHARED / "cifar10-subset-test.npz"),
     }
+    overlay["forkserver"] = True  # 9 jobs: torch imported once (fisherlab.forkserver)
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    # the longest runs first (lr 0.003 and batch 512 take the most steps to cross), so that
+    # the last run does not train alone on one of the two cores
+    first = [f"results/runs/sweeps/{run}/summary.json"
+             for run in ("subset_bs/bs512/seed0", "subset_lr/lr0.003/seed0", "subset_lr/lr0.003/seed1")]  # fmt: skip
     t0 = time.perf_counter()
-    snakemake("results/early_phase.csv", "--configfile", "overlay.yaml", "--cores", "2", cwd=tmp_path)
+    snakemake("results/early_phase.csv", "--configfile", "overlay.yaml", "--cores", "2", "--prioritize", *first,
+              cwd=tmp_path)  # fmt: skip
+    for path in first:
+        assert (tmp_path / path).exists(), f"{path}: not a run of the sweeps (their paths changed?)"
     table = pd.read_csv(tmp_path / "results/early_phase.csv")
     runs = pd.concat([pd.read_json(p, typ="series").to_frame().T
                       for p in (tmp_path / "results/runs/sweeps").rglob("summary.json")])  # fmt: skip

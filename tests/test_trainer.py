@@ -115,6 +115,21 @@ def test_measurement_does_not_perturb_training(data):
         assert torch.equal(a, b)
 
 
+
+def test_the_measurements_sizes_do_not_perturb_training(data):
+    """Tr(F)'s examples and the noisy groups' gradient samples draw from their own random
+    streams: how many there are changes no training number (tests/test_science_noisy.py
+    takes 16 of each for speed)."""
+    groups = {"clean": torch.arange(0, 192, 2), "noisy": torch.arange(1, 192, 2)}
+    gdata = TrainData(data.train, data.val, data.test, groups)
+    small = train(config(fisher_examples=4, group_examples=2), gdata)
+    large = train(config(fisher_examples=64, group_examples=48), gdata)
+    keep = ("train_loss", "train_acc", "val_acc", "train_acc_clean", "train_acc_noisy", "train_loss_running")
+    assert [{k: r[k] for k in keep} for r in small.metrics] == [{k: r[k] for k in keep} for r in large.metrics]
+    for a, b in zip(small.model.parameters(), large.model.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_what_a_run_records(data):
     cfg = config()
     result = train(cfg, data)
