@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml requirements.txt
 demo: $(STAMP)  ## the whole pipeline on the embedded demo configuration
 	$(VENV)/bin/snakemake --configfile configs/demo.yaml --cores 2
 
-test: $(STAMP)  ## the whole test suite (what CI runs) but config.yaml in miniature (test-miniature)
-	$(VENV)/bin/python -m pytest -m "not miniature"
+test: $(STAMP)  ## the whole test suite (what CI runs), config.yaml in miniature included
+	$(VENV)/bin/python -m pytest
 
-test-miniature: $(STAMP)  ## snakemake all of config.yaml in miniature, every artifact checked (~9 min on 2 cores)
+test-miniature: $(STAMP)  ## only snakemake all of config.yaml in miniature, every artifact checked (~8 min on 2 cores)
 	$(VENV)/bin/python -m pytest -m miniature
 
 test-fast: $(STAMP)  ## the fast tests only
