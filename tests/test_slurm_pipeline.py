@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from test_faults import RUN, same_run
-from test_pipeline import REPO, SNAKEMAKE, copy_workflow
+from test_pipeline import SNAKEMAKE, copy_workflow
 
 from fisherlab.training.checkpoint import load_checkpoint
 

@@ -115,7 +115,6 @@ def test_measurement_does_not_perturb_training(data):
         assert torch.equal(a, b)
 
 
-
 def test_the_measurements_sizes_do_not_perturb_training(data):
     """Tr(F)'s examples and the noisy groups' gradient samples draw from their own random
     streams: how many there are changes no training number (tests/test_science_noisy.py
