@@ -106,6 +106,9 @@ def test_all_of_config_yaml_in_miniature(tmp_path):
     print(f"snakemake all, config.yaml in miniature: {seconds:.0f} s")  # the README reports the time measured
     results = tmp_path / "results"
     assert "Nothing to be done" not in out.stdout + out.stderr
+    # keep_checkpoints: false: no run's state left behind (20 GB of it when kept)
+    left = sorted((results / "checkpoints").rglob("checkpoint.pt*"))
+    assert not left, f"{len(left)} checkpoints left, e.g. {left[:3]}"
     for name in TABLES:
         check_table(results / f"{name}.md")
     hessian = pd.read_csv(results / "hessian.csv")

@@ -27,7 +27,7 @@ from test_trainer import config
 
 from fisherlab import REGULARIZERS, TrainConfig, TrainData, atomic, train
 from fisherlab.atomic import StorageError, atomic_write, write_text_atomic
-from fisherlab.training.checkpoint import load_checkpoint, previous, save_atomic, save_checkpoint
+from fisherlab.training.checkpoint import drop_checkpoint, load_checkpoint, previous, save_atomic, save_checkpoint
 from fisherlab.data import (
     DatasetFormatError,
     ImageDataset,
@@ -469,3 +469,19 @@ def test_a_noise_file_of_another_dataset_is_refused_with_its_name(tmp_path):
     assert str(info.value).startswith(f"{noise} ")
     assert ("the noisy-label file belongs to another dataset: it has 60 examples and 4 classes, the training set "
             "60 and 10") in str(info.value)  # fmt: skip
+
+
+def test_drop_checkpoint_deletes_both_generations_and_nothing_else(tmp_path):
+    """keep_checkpoints: false (configs/miniature.yaml): a finished run's job deletes its
+    checkpoint.pt and checkpoint.pt.prev; the kept weights beside them stay."""
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    save_checkpoint({"step": 1}, ckpt)
+    save_checkpoint({"step": 2}, ckpt)
+    (ckpt.parent / "snapshots").mkdir()
+    (ckpt.parent / "snapshots" / "epoch1.pt").write_bytes(b"weights")
+    assert ckpt.exists() and previous(ckpt).exists()
+    drop_checkpoint(ckpt)
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["snapshots"]
+    assert (ckpt.parent / "snapshots" / "epoch1.pt").read_bytes() == b"weights"
+    drop_checkpoint(ckpt)  # none there: nothing to do

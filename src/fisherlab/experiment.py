@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .training.checkpoint import move_aside, save_atomic
+from .training.checkpoint import drop_checkpoint, move_aside, save_atomic
 from .data import DeviceData, ImageDataset, channel_stats, check_run_data, load_dataset, split_validation
 from .data.noise import apply_noisy_labels, load_noisy_labels
 from .training.lean_torch import skip_dynamo_import
@@ -206,19 +206,25 @@ def planned_data(spec: RunSpec, inputs: Mapping[str, str], device: str = "cpu") 
 
 
 def run_job(spec: Mapping[str, Any], inputs: Mapping[str, str], out_dir: str | os.PathLike, *,
-            device: str = "auto", threads: int = 1) -> TrainResult:
+            device: str = "auto", threads: int = 1, keep_checkpoint: bool = True) -> TrainResult:
     """The train rule's job (workflow/scripts/train.py): :func:`run_planned` of the run
     ``spec`` (:meth:`RunSpec.to_dict`) with ``threads`` CPU threads, stopped cleanly by
     SLURM's SIGTERM / SIGUSR1 before a time-out (the state saved, a non-zero exit, the
     retry resumes: :class:`~fisherlab.training.preemption.StopFlag`), and by SIGTERM when
     its Snakemake dies (:func:`~fisherlab.runs.runlock.die_with_parent`: no trainer left
     behind). The job never compiles, so it skips importing ``torch._dynamo`` (1.5 s of CPU
-    per run: :func:`~fisherlab.training.lean_torch.skip_dynamo_import`)."""
+    per run: :func:`~fisherlab.training.lean_torch.skip_dynamo_import`). ``keep_checkpoint``
+    false (config ``keep_checkpoints``): once the run's files are written, its checkpoint
+    is deleted (a stopped run keeps it, to resume)."""
     torch.set_num_threads(threads)
     skip_dynamo_import()
     stop = StopFlag()
     die_with_parent()
-    return run_planned(RunSpec.from_dict(spec), inputs, device=device, out_dir=out_dir, should_stop=stop)
+    planned = RunSpec.from_dict(spec)
+    result = run_planned(planned, inputs, device=device, out_dir=out_dir, should_stop=stop)
+    if not keep_checkpoint:
+        drop_checkpoint(planned.checkpoint)
+    return result
 
 
 def run_planned(

@@ -13,4 +13,4 @@ from fisherlab.experiment import run_job  # noqa: E402
 
 sm = snakemake  # noqa: F821
 run_job(sm.params.spec, dict(sm.input.items()), Path(sm.output.summary).parent, device=sm.params.device,
-        threads=sm.threads)  # fmt: skip
+        threads=sm.threads, keep_checkpoint=sm.config["keep_checkpoints"])  # fmt: skip

@@ -72,6 +72,13 @@ def previous(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + PREVIOUS_SUFFIX)
 
 
+def drop_checkpoint(path: str | os.PathLike) -> None:
+    """Delete both generations of the checkpoint at ``path`` (``keep_checkpoints: false``:
+    a finished run's state, about 3x its weights, is not kept; a rerun then retrains)."""
+    for p in (Path(path), previous(path)):
+        p.unlink(missing_ok=True)
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """torch.save ``obj`` to ``path`` atomically (see :mod:`fisherlab.atomic`), one
     generation (e.g. a run's final ``model.pt``)."""
