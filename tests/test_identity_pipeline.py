@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fisherlab.runs.identity import code_digest
+from test_pipeline import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -28,10 +29,8 @@ CHANGE = "settings:\n  demo_digits: {augment: true, val_size: 100}\ndata: {digit
 def checkout(dst: Path, marker: str = "") -> Path:
     """A copy of this checkout's workflow and src/, its src differing by a comment line."""
     dst.mkdir()
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, dst / name)
-    for name in ("workflow", "configs", "envs", "profiles", "src"):
-        shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_workflow(dst, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__"))
     if marker:
         with open(dst / "src/fisherlab/__init__.py", "a") as f:
             f.write(f"# {marker}\n")

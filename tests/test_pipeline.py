@@ -223,13 +223,18 @@ def test_lint_is_clean():
     assert "Congratulations" in proc.stdout + proc.stderr
 
 
-def copy_workflow(dst: Path) -> None:
-    """What a clone holds of the workflow: profiles/ too (Snakemake applies
-    profiles/default, the greedy scheduler, to every run)."""
-    for name in ("Snakefile", "config.yaml"):
+#: What a clone holds of the workflow: its files, and its folders (profiles/ too: Snakemake
+#: applies profiles/default, the greedy scheduler, to every run).
+WORKFLOW_FILES = ("Snakefile", "config.yaml")
+WORKFLOW_DIRS = ("workflow", "configs", "envs", "profiles")
+
+
+def copy_workflow(dst: Path, *, ignore=None) -> None:
+    """A copy of the workflow in ``dst`` (:data:`WORKFLOW_FILES`, :data:`WORKFLOW_DIRS`)."""
+    for name in WORKFLOW_FILES:
         shutil.copy(REPO / name, dst / name)
-    for name in ("workflow", "configs", "envs", "profiles"):
-        shutil.copytree(REPO / name, dst / name)
+    for name in WORKFLOW_DIRS:
+        shutil.copytree(REPO / name, dst / name, ignore=ignore)
 
 
 @pytest.mark.slow
